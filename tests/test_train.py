@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.config import make_run_config
+from harness.data import Dataset, Split
+from harness.train import Event, StopRun, train
+
+SMALL = {"hidden": 100, "num_steps": 10, "batch_size": 32, "eval_every": 5, "epochs": 2}
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("decoding", ["rate", "latency"])
+def test_both_backends_learn_the_synthetic_digits(tiny_dataset, backend, decoding):
+    config = make_run_config({**SMALL, "backend": backend, "decoding": decoding, "lr": 2e-3})
+    result = train(config, tiny_dataset)
+    assert result.status == "finished"
+    assert result.metrics["iterations"] == 2 * (640 // 32)
+    assert result.metrics["test_accuracy"] > 0.8  # chance is 0.1
+    assert result.train_loss[-1] < result.train_loss[0]
+    own = "rate_accuracy" if decoding == "rate" else "latency_accuracy"
+    assert result.metrics["test_accuracy"] == result.metrics[own]
+    assert 0 < result.metrics["hidden_firing_rate"] < 1
+
+
+def test_same_config_and_seed_give_the_same_numbers(tiny_dataset):
+    config = make_run_config({**SMALL, "epochs": 1})
+    first, second = train(config, tiny_dataset), train(config, tiny_dataset)
+    assert first.train_loss == second.train_loss
+    assert first.metrics["test_loss"] == second.metrics["test_loss"]
+    other = train(config.model_copy(update={"seed": 1}), tiny_dataset)
+    assert other.train_loss != first.train_loss
+
+
+def test_metrics_leave_through_callbacks(tiny_dataset):
+    events: list[Event] = []
+    result = train(make_run_config(SMALL), tiny_dataset, callbacks=[events.append])
+    train_events = [e for e in events if e.kind == "train"]
+    assert [e.iteration for e in train_events] == list(range(1, 41))
+    assert [e.metrics["train_loss"] for e in train_events] == result.train_loss
+    assert [e.iteration for e in events if e.kind == "eval"] == list(range(5, 41, 5))
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.iteration for e in epochs] == [20, 40]
+    assert epochs[-1].metrics["test_accuracy"] == result.metrics["test_accuracy"]
+
+
+def test_a_callback_can_stop_the_run(tiny_dataset):
+    def prune(event: Event) -> None:
+        if event.kind == "eval" and event.iteration >= 10:
+            raise StopRun("pruned", "below the median")
+
+    result = train(make_run_config(SMALL), tiny_dataset, callbacks=[prune])
+    assert (result.status, result.message) == ("pruned", "below the median")
+    assert result.metrics["iterations"] == 10 and "test_accuracy" not in result.metrics
+
+
+def test_a_nan_loss_ends_the_run_as_diverged(tiny_dataset):
+    images = tiny_dataset.train.images.clone()
+    images[5:40] = float("nan")
+    poisoned = Dataset(Split(images, tiny_dataset.train.labels), tiny_dataset.test, "poisoned")
+    result = train(make_run_config(SMALL), poisoned)
+    assert result.status == "diverged"
+    assert "non-finite by iteration 5" in result.message  # NaN input silences the spikes
+    assert result.metrics["iterations"] == 5 and "test_accuracy" not in result.metrics
+
+
+def test_cli_trains_on_real_mnist_and_prints_json_last(mnist_dir):
+    command = [
+        sys.executable, "-m", "harness", "train", "--config", "studies/tutorial5.yaml",
+        "--set", "train_subset=3840", "--set", "test_subset=1000", "--set", "decoding=latency",
+        "--data-dir", str(mnist_dir), "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["iterations"] == 30
+    assert summary["config"]["decoding"] == "latency" and summary["backend"] == "fused"
+    assert summary["test_accuracy"] == summary["latency_accuracy"] > 0.5
+    assert 0 < summary["rate_accuracy"] <= 1 and summary["test_loss"] > 0
+    assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
