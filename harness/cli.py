@@ -1,4 +1,4 @@
-"""Command line: `python -m harness train|data ...`.
+"""Command line: `python -m harness train|bench|data ...`.
 
 Bad input is one line on stderr and exit code 2, before anything is trained or written.
 """
@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(train)
 
+    bench = commands.add_parser("bench", help="time the fused backend against the reference")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    bench.add_argument("--iterations", type=int, default=30, help="timed iterations per case")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    bench.add_argument("--quick", action="store_true", help="tutorial-5 case only, no memory")
+    bench.add_argument("--json", action="store_true", help="print a JSON summary last")
+    _data_dir_arg(bench)
+
     data = commands.add_parser("data", help="acquire and verify MNIST")
     _data_dir_arg(data)
     return parser
@@ -73,6 +81,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if result.status == "finished" else 1
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from harness import bench
+    from harness.config import make_run_config
+
+    make_run_config({"device": args.device}, "--device")
+    if args.iterations < 1 or args.warmup < 0:
+        raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
+    report = bench.bench(
+        args.device, args.iterations, args.warmup, args.data_dir,
+        cases=bench.CASES[:1] if args.quick else bench.CASES,
+        with_scaling=not args.quick, memory=not args.quick,
+    )  # fmt: skip
+    print(bench.format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def _data(args: argparse.Namespace) -> int:
     from harness import data
 
@@ -87,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data import DataError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "data": _data}
+    handlers = {"train": _train, "bench": _bench, "data": _data}
     try:
         return handlers[args.command](args)
     except ConfigError as err:

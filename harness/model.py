@@ -2,9 +2,11 @@
 
 - `reference`: snnTorch's `Leaky` neurons in a Python loop over steps, fc1 applied at every
   step, exactly as the seed writes it. The yardstick for correctness and speed.
-- `fused`: the same mathematics restructured: fc1 once (the input is static), the hidden
-  layer as one LIF scan, fc2 as one matrix product over all steps, the output layer as a
-  second scan. See `neurons.lif_scan`.
+- `fused`: the same mathematics restructured: fc1 once (the input is static), then on the
+  CPU one kernel for the rest (`kernels.fused_lif_net`: both LIF layers and fc2, a sample
+  at a time in cache, closed-form backward); on other devices the hidden layer as one LIF
+  scan, fc2 as one matrix product over all steps, the output layer as a second scan
+  (`neurons.lif_scan`).
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
 """
 
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from harness.config import RunConfig
+from harness.kernels import fused_lif_net
 from harness.neurons import lif_scan, snntorch_surrogate
 
 NUM_INPUTS = 28 * 28
@@ -29,8 +32,14 @@ class NetOutput(NamedTuple):
 
 
 class FusedNet(nn.Module):
-    def __init__(self, config: RunConfig):
+    """`kernel`: "numba" (the CPU kernel of `kernels`), "torch" (tensor ops, any device), or
+    "auto" (numba for float32 on the CPU, else torch)."""
+
+    def __init__(self, config: RunConfig, kernel: str = "auto"):
         super().__init__()
+        if kernel not in ("auto", "numba", "torch"):
+            raise ValueError(f"unknown kernel {kernel!r} (allowed: auto, numba, torch)")
+        self.kernel = kernel
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
@@ -42,9 +51,19 @@ class FusedNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> NetOutput:
-        hidden, _ = lif_scan(self.fc1(x), **self.lif)
-        spikes, membranes = lif_scan(self.fc2(hidden), **self.lif)
-        return NetOutput(spikes, membranes, None if self.training else hidden.sum())
+        cur1 = self.fc1(x)
+        numba = self.kernel == "numba" or (
+            self.kernel == "auto" and cur1.device.type == "cpu" and cur1.dtype == torch.float32
+        )
+        if numba:
+            spikes, membranes, hidden = fused_lif_net(
+                cur1, self.fc2.weight, self.fc2.bias, **self.lif
+            )
+        else:
+            spikes1, _ = lif_scan(cur1, **self.lif)
+            spikes, membranes = lif_scan(self.fc2(spikes1), **self.lif)
+            hidden = spikes1.sum()
+        return NetOutput(spikes, membranes, None if self.training else hidden)
 
 
 class ReferenceNet(nn.Module):

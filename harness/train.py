@@ -87,6 +87,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device):
+    """The seed's Adam; its fused (single-kernel) form where PyTorch has one for the device."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), fused=fused)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[str, float]:
     """Loss of the run's decoding, both accuracies and firing rates over a whole split."""
@@ -140,7 +146,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+    optimizer = make_optimizer(model, config, device)
     order = torch.Generator().manual_seed(config.seed)
     test_stream = _endless(
         test_split, config.batch_size, torch.Generator().manual_seed(config.seed + 1)

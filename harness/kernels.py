@@ -1,0 +1,235 @@
+"""CPU kernel of the fused backend: everything after fc1, one sample at a time, in cache.
+
+After fc1 every sample is independent: its hidden LIF scan, fc2 and its output LIF scan
+touch only that sample's (T, H) and (T, 10) values. So the kernel runs one sample at a time
+(parallel over samples), keeps those values in per-thread buffers that fit in the CPU cache,
+and never writes the (T, B, H) hidden spikes or membranes to memory. The backward pass
+recomputes the sample's forward scan (cheap: its input current is static) and then walks
+both layers backwards in time together, using the closed-form LIF gradient of `neurons`:
+
+    G2[t] = dL/dS2[t] * sg(U2[t] - thr) + dL/dU2[t] + beta * G2[t+1]     (output layer)
+    G1[t] = (W2^T G2[t]) * sg(U1[t] - thr) + beta * G1[t+1]              (hidden layer)
+    dL/dcur1 = sum_t G1[t],   dL/dW2 = sum_t,b G2[t] S1[t]^T,   dL/db2 = sum_t,b G2[t]
+
+The arithmetic of each LIF step is snnTorch's, in its order, so spikes and membranes match
+the reference backend; only fc2's dot products are reassociated (vectorised).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+
+SURROGATE_CODE = {"atan": 0, "fast_sigmoid": 1}
+_F32 = np.float32
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp"}, cache=True)
+def _dot(a, b):
+    total = _F32(0.0)
+    for i in range(a.shape[0]):
+        total += a[i] * b[i]
+    return total
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp"}, cache=True)
+def _total(rows):
+    """Sum of a 2-D array (reassociated, so it vectorises; exact for spike counts)."""
+    total = _F32(0.0)
+    for t in range(rows.shape[0]):
+        row = rows[t]
+        for n in range(row.shape[0]):
+            total += row[n]
+    return total
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _axpy2(y, x, v, w, a):
+    """y += a * x and v += a * w, on rows (1-D slices vectorise; 2-D indexing does not)."""
+    for n in range(y.shape[0]):
+        y[n] += a * x[n]
+        v[n] += a * w[n]
+
+
+@njit(error_model="numpy", cache=True)
+def _lif_step(prev_u, prev_s, current, beta, thr, u, s):
+    """One LIF step for a row of neurons: snnTorch's arithmetic, in its order."""
+    zero, one = _F32(0.0), _F32(1.0)
+    for n in range(u.shape[0]):
+        un = beta * prev_u[n] + current[n] - prev_s[n] * thr
+        u[n] = un
+        s[n] = one if un > thr else zero
+
+
+@njit(error_model="numpy", cache=True)
+def _hidden_forward(cur1, beta, thr, u1, s1, zeros):
+    """One sample's hidden layer over all steps; fills u1 and s1, both (T, H)."""
+    for t in range(u1.shape[0]):
+        _lif_step(u1[t - 1] if t else zeros, s1[t - 1] if t else zeros, cur1, beta, thr,
+                  u1[t], s1[t])  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True)
+def _output_forward(s1, w2, b2, beta, thr, u2, s2, cur2, zeros):
+    """One sample's fc2 and output layer from its hidden spikes; fills u2 and s2 (T, K)."""
+    for t in range(u2.shape[0]):
+        for k in range(cur2.shape[0]):
+            cur2[k] = _dot(s1[t], w2[k]) + b2[k]
+        _lif_step(u2[t - 1] if t else zeros, s2[t - 1] if t else zeros, cur2, beta, thr,
+                  u2[t], s2[t])  # fmt: skip
+
+
+@njit(error_model="numpy", cache=True)
+def _surrogate(x, code, slope):
+    """dS/dU at x = U - thr (snnTorch's atan with alpha = slope, or fast_sigmoid)."""
+    one = _F32(1.0)
+    if code == 0:
+        kx = _F32(math.pi / 2.0 * slope) * x
+        return _F32(slope / 2.0) / (one + kx * kx)
+    q = slope * abs(x) + one
+    return one / (q * q)
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _hidden_backward_step(u, grad_s, thr, beta, code, slope, g, total):
+    """G1[t] = dL/dS1[t] * sg(U1[t] - thr) + beta * G1[t+1], summed into `total`."""
+    one = _F32(1.0)
+    if code == 0:
+        k, half = _F32(math.pi / 2.0 * slope), _F32(slope / 2.0)
+        for n in range(u.shape[0]):
+            kx = k * (u[n] - thr)
+            gn = grad_s[n] * (half / (one + kx * kx)) + beta * g[n]
+            g[n] = gn
+            total[n] += gn
+    else:
+        for n in range(u.shape[0]):
+            q = slope * abs(u[n] - thr) + one
+            gn = grad_s[n] * (one / (q * q)) + beta * g[n]
+            g[n] = gn
+            total[n] += gn
+
+
+def _chunks(batch: int) -> int:
+    return max(1, min(batch, numba.get_num_threads()))
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, hidden_count):
+    batch, hidden = cur1.shape
+    outputs = w2.shape[0]
+    for c in prange(chunks):
+        u1 = np.empty((num_steps, hidden), _F32)
+        s1 = np.empty((num_steps, hidden), _F32)
+        u2 = np.empty((num_steps, outputs), _F32)
+        s2 = np.empty((num_steps, outputs), _F32)
+        cur2 = np.empty(outputs, _F32)
+        zeros_h, zeros_k = np.zeros(hidden, _F32), np.zeros(outputs, _F32)
+        for b in range(c * batch // chunks, (c + 1) * batch // chunks):
+            _hidden_forward(cur1[b], beta, thr, u1, s1, zeros_h)
+            _output_forward(s1, w2, b2, beta, thr, u2, s2, cur2, zeros_k)
+            mem2[:, b, :] = u2
+            spikes2[:, b, :] = s2
+            hidden_count[b] = _total(s1)
+
+
+@njit(parallel=True, error_model="numpy", cache=True)
+def _backward(
+    cur1, w2, mem2, num_steps, beta, thr, code, slope, chunks, grad_s2, grad_u2,
+    grad_cur1, grad_w2_parts, grad_b2_parts,
+):  # fmt: skip
+    batch, hidden = cur1.shape
+    outputs = w2.shape[0]
+    for c in prange(chunks):
+        u1 = np.empty((num_steps, hidden), _F32)
+        s1 = np.empty((num_steps, hidden), _F32)
+        g1 = np.empty(hidden, _F32)
+        total = np.empty(hidden, _F32)
+        ds1 = np.empty(hidden, _F32)
+        g2 = np.empty(outputs, _F32)
+        gw2 = np.zeros((outputs, hidden), _F32)
+        gb2 = np.zeros(outputs, np.float64)
+        zeros_h = np.zeros(hidden, _F32)
+        for b in range(c * batch // chunks, (c + 1) * batch // chunks):
+            _hidden_forward(cur1[b], beta, thr, u1, s1, zeros_h)
+            g1[:] = 0
+            total[:] = 0
+            g2[:] = 0
+            for t in range(num_steps - 1, -1, -1):
+                for k in range(outputs):
+                    d = _surrogate(mem2[t, b, k] - thr, code, slope)
+                    g2[k] = grad_s2[t, b, k] * d + grad_u2[t, b, k] + beta * g2[k]
+                    gb2[k] += g2[k]
+                ds1[:] = 0
+                for k in range(outputs):
+                    # dL/dS1[t] = W2^T G2[t] and dL/dW2 += G2[t] S1[t]^T, in one pass
+                    _axpy2(ds1, w2[k], gw2[k], s1[t], g2[k])
+                _hidden_backward_step(u1[t], ds1, thr, beta, code, slope, g1, total)
+            grad_cur1[b] = total
+        grad_w2_parts[c] = gw2
+        grad_b2_parts[c] = gb2
+
+
+class _FusedLIFNet(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cur1, w2, b2, num_steps, beta, thr, surrogate, slope):
+        batch, outputs = cur1.shape[0], w2.shape[0]
+        spikes = cur1.new_empty((num_steps, batch, outputs))
+        membranes = cur1.new_empty((num_steps, batch, outputs))
+        hidden_count = cur1.new_empty(batch)
+        cur1, w2, b2 = cur1.detach().contiguous(), w2.detach().contiguous(), b2.detach()
+        _forward(
+            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, _F32(beta), _F32(thr),
+            _chunks(batch), spikes.numpy(), membranes.numpy(), hidden_count.numpy(),
+        )  # fmt: skip
+        ctx.save_for_backward(cur1, w2, membranes)
+        ctx.settings = (num_steps, beta, thr, surrogate, slope)
+        ctx.mark_non_differentiable(hidden_count)
+        ctx.set_materialize_grads(False)
+        return spikes, membranes, hidden_count.sum()
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_membranes, _):
+        cur1, w2, membranes = ctx.saved_tensors
+        num_steps, beta, thr, surrogate, slope = ctx.settings
+        batch, chunks = cur1.shape[0], _chunks(cur1.shape[0])
+        if grad_spikes is None:
+            grad_spikes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
+        if grad_membranes is None:
+            grad_membranes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
+        grad_cur1 = torch.empty_like(cur1)
+        grad_w2 = torch.empty((chunks, *w2.shape), dtype=torch.float32)
+        grad_b2 = torch.empty((chunks, w2.shape[0]), dtype=torch.float64)
+        _backward(
+            cur1.numpy(), w2.numpy(), membranes.numpy(), num_steps, _F32(beta), _F32(thr),
+            SURROGATE_CODE[surrogate], _F32(slope), chunks,
+            grad_spikes.contiguous().numpy(), grad_membranes.contiguous().numpy(),
+            grad_cur1.numpy(), grad_w2.numpy(), grad_b2.numpy(),
+        )  # fmt: skip
+        grad_w2 = grad_w2.sum(0)
+        grad_b2 = grad_b2.sum(0).to(w2.dtype)
+        return grad_cur1, grad_w2, grad_b2, None, None, None, None, None
+
+
+def fused_lif_net(
+    cur1: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    num_steps: int,
+    beta: float,
+    threshold: float,
+    surrogate: str,
+    slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hidden LIF layer, fc2 and output LIF layer on the CPU, from fc1's output (B, H).
+
+    Returns the output spikes and membranes (T, B, K) and the total hidden spike count.
+    """
+    if cur1.device.type != "cpu" or cur1.dtype != torch.float32:
+        raise ValueError("fused_lif_net runs on float32 CPU tensors only")
+    return _FusedLIFNet.apply(
+        cur1, fc2_weight, fc2_bias, num_steps, beta, threshold, surrogate, slope
+    )
