@@ -1,4 +1,4 @@
-"""Command line: `python -m harness train|bench|data ...`.
+"""Command line: `python -m harness train|study|ui|bench|data ...`.
 
 Bad input is one line on stderr and exit code 2, before anything is trained or written.
 """
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import time
 from pathlib import Path
 
 from harness.config import ConfigError, load_run_config
@@ -23,6 +25,21 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=None,
         help="MNIST folder (default: $HARNESS_DATA_DIR or ./data)",
+    )  # fmt: skip
+
+
+def _store_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-dir", type=Path, default=None,
+        help="embedded stores' folder (default: $HARNESS_OUTPUT_DIR or ./outputs)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--storage", default=None, help="Optuna storage URL, e.g. postgresql://... "
+        "(default: $HARNESS_STORAGE, else a journal file in the output folder)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the outputs)",
     )  # fmt: skip
 
 
@@ -46,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="tutorial-5 case only, no memory")
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
+
+    study = commands.add_parser("study", help="create or resume a study and run it to the end")
+    study.add_argument("name", help="a study in studies/ (e.g. beta_sweep) or a YAML path")
+    _store_args(study)
+    study.add_argument("--max-trials", type=int, default=None, help="stop after this many")
+    _data_dir_arg(study)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the study stores")
+    _store_args(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
 
     data = commands.add_parser("data", help="acquire and verify MNIST")
     _data_dir_arg(data)
@@ -99,6 +127,44 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _study(args: argparse.Namespace) -> int:
+    from harness.config import load_study
+    from harness.study import format_table, open_stores, run_study
+
+    config = load_study(args.name)
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ConfigError("--max-trials must be >= 1")
+    stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
+    signal.signal(signal.SIGTERM, _interrupt)  # end the running trial cleanly, as on Ctrl-C
+    start = time.perf_counter()
+    print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)
+    study = run_study(
+        config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
+    )
+    print(format_table(study, config))
+    print(f"wall time {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from harness.study import open_stores
+
+    stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
+    url = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {stores.tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stores.tracking_uri,
+        "--host", args.host, "--port", str(args.port), "--workers", "1",
+    ]  # fmt: skip
+    return subprocess.call(command)
+
+
 def _data(args: argparse.Namespace) -> int:
     from harness import data
 
@@ -113,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data import DataError
 
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "bench": _bench, "data": _data}
+    handlers = {
+        "train": _train, "bench": _bench, "study": _study, "ui": _ui, "data": _data,
+    }  # fmt: skip
     try:
         return handlers[args.command](args)
     except ConfigError as err:

@@ -43,6 +43,7 @@ class RunConfig(BaseModel):
     train_subset: int | None = Field(None, ge=1, description="train on this many images")
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
+    save_model: bool = Field(False, description="keep the trained weights (MLflow artifact)")
 
     @field_validator("device")
     @classmethod
@@ -123,3 +124,163 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
     set_values = parse_overrides(overrides or [])
     values.update(set_values)
     return make_run_config(values, source if not set_values else f"{source} with --set")
+
+
+# ---------------------------------------------------------------------------------------------
+# Study files: what varies, how Optuna searches it, how many seeds, what to optimise.
+
+SAMPLERS = ("grid", "tpe", "random", "qmc")
+PRUNERS = ("none", "median", "hyperband")
+OBJECTIVE_METRICS = ("test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss")
+INT_KEYS = {name for name, f in RunConfig.model_fields.items() if f.annotation in (int, "int")}
+
+
+class Range(BaseModel):
+    """A numeric range for searches: low/high, optionally log-scaled or stepped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+
+class Choices(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    choices: list[Any] = Field(min_length=1)
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: Literal["test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss"] = (
+        "test_accuracy"
+    )
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+class Pruner(BaseModel):
+    """`interval`: report the objective every this many iterations (a multiple of eval_every)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["none", "median", "hyperband"] = "none"
+    interval: int = Field(50, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+    startup_trials: int = Field(3, ge=0)
+
+
+class StudyConfig(BaseModel):
+    """A study file, validated: base run settings, the space, the sampler and the seeds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, list[Any] | Range | Choices] = Field(min_length=1)
+    sampler: Literal["grid", "tpe", "random", "qmc"] = "grid"
+    n_trials: int | None = Field(None, ge=1)
+    seeds: int | list[int] = 1
+    objective: Objective = Objective()
+    pruner: Pruner = Pruner()
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def base_config(self) -> RunConfig:
+        return make_run_config(self.base)
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every point of a grid study, in file order (the last key varies fastest)."""
+        points: list[dict[str, Any]] = [{}]
+        for key, values in self.space.items():
+            options = values.choices if isinstance(values, Choices) else values
+            points = [{**point, key: value} for point in points for value in options]
+        return points
+
+    def run_config(self, params: dict[str, Any], seed: int) -> RunConfig:
+        """The run config of one configuration and seed: base, then params, then the seed."""
+        return make_run_config({**self.base, **params, "seed": seed})
+
+
+def _check_study(study: StudyConfig, source: str) -> StudyConfig:
+    """Check what the schema cannot, and give grid values their run-setting types (YAML
+    reads `1e-4` as a string)."""
+    base = make_run_config(study.base, f"{source}: base")
+    space: dict[str, Any] = {}
+    if isinstance(study.seeds, int) and study.seeds < 1:
+        raise ConfigError(f"{source}: invalid value for 'seeds': must be >= 1 or a list of seeds")
+    if isinstance(study.seeds, list) and (
+        not study.seeds or len(set(study.seeds)) != len(study.seeds)
+    ):
+        raise ConfigError(
+            f"{source}: invalid value for 'seeds': a non-empty list of distinct seeds"
+        )
+    for key, values in study.space.items():
+        where = f"{source}: space.{key}"
+        if key not in RunConfig.model_fields or key == "seed":
+            allowed = ", ".join(k for k in RunConfig.model_fields if k != "seed")
+            raise ConfigError(f"{where}: not a run setting that can vary (allowed: {allowed})")
+        if isinstance(values, list):
+            if not values:
+                raise ConfigError(f"{where}: empty list of values")
+            options = values
+        elif isinstance(values, Choices):
+            options = values.choices
+        else:
+            if study.sampler == "grid":
+                raise ConfigError(f"{where}: a grid needs a list of values, not a range")
+            if values.low > values.high:
+                raise ConfigError(f"{where}: low {values.low} is greater than high {values.high}")
+            if values.log and values.low <= 0:
+                raise ConfigError(f"{where}: a log range needs low > 0")
+            if key not in INT_KEYS and key not in {"beta", "threshold", "slope", "lr"}:
+                raise ConfigError(f"{where}: not numeric; use a list or choices")
+            options = [values.low, values.high]
+            if key in INT_KEYS:
+                options = [int(values.low), int(values.high)]
+        typed = [getattr(make_run_config({**study.base, key: v}, where), key) for v in options]
+        if isinstance(values, list):
+            space[key] = typed
+        elif isinstance(values, Choices):
+            space[key] = Choices(choices=typed)
+        else:
+            space[key] = values
+    if study.sampler != "grid" and study.n_trials is None:
+        raise ConfigError(f"{source}: 'n_trials' is required for sampler '{study.sampler}'")
+    if study.pruner.type != "none" and study.pruner.interval % base.eval_every:
+        raise ConfigError(
+            f"{source}: pruner.interval {study.pruner.interval} must be a multiple of "
+            f"eval_every ({base.eval_every})"
+        )
+    return study.model_copy(update={"space": space})
+
+
+def _format_study_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    # pydantic reports a union member's name in the location; drop it for the reader.
+    loc = [part for part in loc if part not in {"list[any]", "Range", "Choices"}]
+    key = ".".join(loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if first["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: invalid value for '{key}': {message}"
+
+
+def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyConfig:
+    """Load and validate a study by name (studies/NAME.yaml) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = studies_dir / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in studies_dir.glob("*.yaml"))
+        raise ConfigError(f"no study '{name_or_path}' (known: {', '.join(known) or 'none'})")
+    data = read_yaml(path)
+    try:
+        study = StudyConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_study_error(err, str(path))) from None
+    return _check_study(study, str(path))

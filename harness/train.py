@@ -56,6 +56,7 @@ class RunResult:
     train_loss: list[float] = field(default_factory=list)
     test_loss: list[tuple[int, float]] = field(default_factory=list)
     epochs: list[dict[str, float]] = field(default_factory=list)
+    state_dict: dict[str, torch.Tensor] | None = None  # the trained weights, if save_model
 
     def summary(self) -> dict[str, Any]:
         """The JSON-ready summary the CLI prints."""
@@ -119,6 +120,16 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         "hidden_firing_rate": hidden / (count * config.hidden * config.num_steps),
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
     }
+
+
+@torch.no_grad()
+def _test_batch(model: torch.nn.Module, batch: Batch, how: str) -> dict[str, float]:
+    """Loss and accuracy on one test batch (the seed's per-report test loss)."""
+    images, labels = batch
+    out = model(images)
+    loss = decoding.loss(how, out.spikes, out.membranes, labels)
+    hits = (decoding.predict(how, out.spikes) == labels).float().mean()
+    return {"test_loss": float(loss), "test_batch_accuracy": float(hits)}
 
 
 def _endless(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -195,14 +206,9 @@ def train(
                     bar.update()
                 if iteration % config.eval_every == 0:
                     flush(epoch)
-                    with torch.no_grad():
-                        test_images, test_labels = next(test_stream)
-                        test = model(test_images)
-                        value = float(
-                            decoding.loss(config.decoding, test.spikes, test.membranes, test_labels)
-                        )
-                    result.test_loss.append((iteration, value))
-                    emit(Event("eval", iteration, epoch, {"test_loss": value}))
+                    test_metrics = _test_batch(model, next(test_stream), config.decoding)
+                    result.test_loss.append((iteration, test_metrics["test_loss"]))
+                    emit(Event("eval", iteration, epoch, test_metrics))
             flush(epoch)
             metrics = evaluate(model, test_split, config)
             if not math.isfinite(metrics["test_loss"]):
@@ -221,4 +227,6 @@ def train(
         "iterations": iteration,
     }
     result.metrics.pop("epoch", None)
+    if config.save_model and result.status == "finished":
+        result.state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return result

@@ -1,0 +1,150 @@
+"""MLflow: one experiment per study, one run per (trial, seed), metrics logged in batches.
+
+Metric `test_loss` is the loss on a test batch at each evaluation (the seed's test curve)
+and on the whole test set at the end of each epoch, so its latest value is the full one.
+
+`RunLogger` is a training callback: it buffers the per-iteration metrics and sends them with
+`log_batch` (one database round trip per batch instead of one per value), then ends the run
+with a status that says how training ended: FINISHED, FAILED (diverged, crashed) or KILLED
+(interrupted). A pruned run ends FINISHED with the tag `harness.status = pruned`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness import __version__
+from harness.train import Event, RunResult
+
+FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
+FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress
+RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED"}
+
+
+def default_tracking_uri(output_dir: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else an SQLite database under the output folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '+dirty' for local changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root, capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
+def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """The experiment of a study, created on first use."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RunLogger:
+    """Streams one training run's events into an MLflow run (a callback for `train`)."""
+
+    def __init__(self, client: MlflowClient, experiment: str, run_name: str, tags: dict[str, Any]):
+        self.client = client
+        tags = {"harness.version": __version__, **tags}
+        self.run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+        self._buffer: list[Metric] = []
+        self._flushed = time.monotonic()
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        """All run settings as params, and as a YAML artifact."""
+        params = [Param(key, str(value)) for key, value in config.items()]
+        self.client.log_batch(self.run_id, params=params)
+        self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+
+    def __call__(self, event: Event) -> None:
+        stamp = _now_ms()
+        if event.kind == "epoch":  # the full test set's figures replace that step's estimate
+            self._buffer = [
+                m for m in self._buffer if m.step != event.iteration or m.key not in event.metrics
+            ]
+        self._buffer.extend(
+            Metric(key, float(value), stamp, event.iteration)
+            for key, value in event.metrics.items()
+        )
+        if (
+            event.kind == "epoch"
+            or len(self._buffer) >= FLUSH_EVERY
+            or time.monotonic() - self._flushed > FLUSH_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        self._flushed = time.monotonic()
+        while self._buffer:
+            batch, self._buffer = self._buffer[:FLUSH_EVERY], self._buffer[FLUSH_EVERY:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def finish(self, result: RunResult) -> None:
+        """Log the final figures and curves, then end the run with the result's status."""
+        self.flush()
+        metrics = [
+            Metric(key, float(result.metrics[key]), _now_ms(), int(result.metrics["iterations"]))
+            for key in ("train_seconds", "iterations")
+        ]
+        tags = [RunTag("harness.status", result.status)]
+        if result.message:
+            tags.append(RunTag("harness.message", result.message[:5000]))
+        self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
+        self.client.log_text(self.run_id, curves_csv(result), "curves.csv")
+        if result.state_dict is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "model.pt"
+                torch.save(result.state_dict, path)
+                self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, status=RUN_STATUS.get(result.status, "FAILED"))
+
+    def abort(self, status: str, message: str) -> None:
+        """End the run as FAILED or KILLED after an exception or an interruption."""
+        try:
+            self.flush()
+            self.client.set_tag(self.run_id, "harness.status", status.lower())
+            self.client.set_tag(self.run_id, "harness.message", message[:5000])
+        finally:
+            self.client.set_terminated(self.run_id, status=status)
+
+
+def curves_csv(result: RunResult) -> str:
+    """Train and test loss curves as one CSV: iteration, train_loss, test_loss."""
+    test = dict(result.test_loss)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["iteration", "train_loss", "test_loss"])
+    for iteration, value in enumerate(result.train_loss, start=1):
+        writer.writerow([iteration, value, test.get(iteration, "")])
+    return out.getvalue()

@@ -1,0 +1,283 @@
+"""Studies through the CLI, at smoke scale, against real Optuna and MLflow stores."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness.cli import main
+from harness.config import ConfigError, load_study
+from harness.study import open_stores
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {
+    "train_subset": 640, "test_subset": 300, "subset_sampling": "stratified",
+    "hidden": 100, "num_steps": 10, "eval_every": 5, "batch_size": 32,
+}  # fmt: skip
+
+
+def write_study(folder: Path, name: str, **fields) -> Path:
+    body = {"name": name, "base": {**TINY, **fields.pop("base", {})}, **fields}
+    path = folder / f"{name}.yaml"
+    path.write_text(json.dumps(body))  # JSON is YAML
+    return path
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args], capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+
+
+def stores_of(out: Path):
+    stores = open_stores(out)
+    return stores, MlflowClient(stores.tracking_uri)
+
+
+def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir):
+    path = write_study(tmp_path, "grid", space={"beta": [0.8, 0.95]}, seeds=[0, 3])
+    out = tmp_path / "out"
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("trial ") >= 2 and "test accuracy" in done.stdout
+
+    stores, client = stores_of(out)
+    study = optuna.load_study(study_name="grid", storage=stores.storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(t.params["beta"] for t in study.trials) == [0.8, 0.95]
+    experiment = client.get_experiment_by_name("grid")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    by_id = {r.info.run_id: r for r in runs}
+    for trial in study.trials:
+        ids = trial.user_attrs["mlflow_run_ids"]
+        assert len(ids) == 2
+        for seed, run_id in zip([0, 3], ids, strict=True):
+            run = by_id[run_id]
+            assert run.info.run_name == f"grid/t{trial.number:03d}/s{seed}"
+            assert run.data.tags["harness.trial"] == str(trial.number)
+            assert run.data.tags["harness.seed"] == str(seed)
+            assert run.data.params["beta"] == str(trial.params["beta"])
+            assert run.data.params["seed"] == str(seed)
+            history = client.get_metric_history(run_id, "train_loss")
+            assert [m.step for m in history] == list(range(1, 21))
+            test_loss = client.get_metric_history(run_id, "test_loss")
+            assert [m.step for m in test_loss] == [5, 10, 15, 20]  # the last: full test set
+            assert test_loss[-1].value == pytest.approx(run.data.metrics["test_loss"])
+            for key in ("test_accuracy", "rate_accuracy", "latency_accuracy",
+                        "hidden_firing_rate", "train_seconds"):  # fmt: skip
+                assert key in run.data.metrics, key
+            paths = {a.path for a in client.list_artifacts(run_id)}
+            assert paths == {"config.yaml", "curves.csv"}
+        mean = sum(by_id[i].data.metrics["test_accuracy"] for i in ids) / 2
+        assert trial.value == pytest.approx(mean)
+
+    again = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert again.returncode == 0 and "trial " not in again.stdout.split("trial  configuration")[0]
+    assert len(client.search_runs([experiment.experiment_id])) == 4  # nothing trained again
+
+
+def test_an_interrupted_grid_resumes_with_what_is_left(tmp_path, mnist_dir):
+    path = write_study(tmp_path, "resume", space={"beta": [0.7, 0.8, 0.9]})
+    out = tmp_path / "out"
+    first = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir),
+                    "--max-trials", "1")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    stores, client = stores_of(out)
+    study = optuna.load_study(study_name="resume", storage=stores.storage)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 1
+    second = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name="resume", storage=stores.storage)
+    assert sorted(t.params["beta"] for t in study.trials) == [0.7, 0.8, 0.9]
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+    experiment = client.get_experiment_by_name("resume")
+    assert len(client.search_runs([experiment.experiment_id])) == 3
+
+
+def test_a_pruned_trial_is_recorded_in_optuna_and_mlflow(tmp_path, mnist_dir):
+    path = write_study(
+        tmp_path, "prune", space={"lr": [5e-3, 1e-9]},
+        pruner={"type": "median", "interval": 5, "warmup_steps": 0, "startup_trials": 1},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert done.returncode == 0, done.stderr
+    stores, client = stores_of(out)
+    study = optuna.load_study(study_name="prune", storage=stores.storage)
+    states = {t.params["lr"]: t for t in study.trials}
+    assert states[5e-3].state == TrialState.COMPLETE
+    pruned = states[1e-9]
+    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values
+    (run_id,) = pruned.user_attrs["mlflow_run_ids"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["harness.status"] == "pruned"
+    assert run.data.metrics["iterations"] < 20 and "test_accuracy" not in run.data.metrics
+
+
+BAD_STUDIES = [
+    ({"space": {"beta": []}}, "space.beta: empty list"),
+    ({"space": {"beta": [1.5]}}, "'beta'"),
+    ({"space": {"betta": [0.5]}}, "space.betta: not a run setting"),
+    ({"space": {"beta": {"low": 0.9, "high": 0.5}}, "sampler": "tpe", "n_trials": 2}, "low 0.9"),
+    ({"space": {"beta": [0.5]}, "sampler": "annealing"}, "'sampler'"),
+    ({"space": {"beta": [0.5]}, "pruner": {"type": "asha"}}, "'pruner.type'"),
+    ({"space": {"beta": [0.5]}, "colour": "red"}, "unknown key 'colour'"),
+    ({"space": {"beta": {"low": 0.5, "high": 0.9}}}, "a grid needs a list"),
+    ({"space": {"beta": [0.5]}, "seeds": 0}, "'seeds'"),
+    ({"space": {"beta": [0.5]}, "base": {"num_steps": 0}}, "'num_steps'"),
+]
+
+
+@pytest.mark.parametrize(("fields", "fragment"), BAD_STUDIES)
+def test_invalid_study_files_are_rejected_before_any_store_is_touched(
+    tmp_path, fields, fragment, capsys
+):
+    path = write_study(tmp_path, "bad", **fields)
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--output-dir", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert fragment in captured.err and str(path) in captured.err
+    assert not out.exists()
+
+
+def test_an_unknown_study_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known: .*beta_sweep"):
+        load_study("no_such_study", ROOT / "studies")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "studies").glob("*.yaml")))
+def test_shipped_studies_are_valid(name):
+    study = load_study(name, ROOT / "studies")
+    assert study.name == name and study.description
+    if study.sampler == "grid":
+        assert len(study.grid()) >= 1
+
+
+def test_study_grid_and_seeds():
+    study = load_study("slope_sweep", ROOT / "studies")
+    grid = study.grid()
+    assert len(grid) == 12 and grid[0] == {"surrogate": "atan", "slope": 0.5}
+    assert study.seed_list == [0, 1]
+    config = study.run_config(grid[-1], seed=1)
+    assert (config.surrogate, config.slope, config.seed) == ("fast_sigmoid", 500, 1)
+    assert load_study("beta_sweep", ROOT / "studies").seed_list == [0, 1, 2]
+
+
+def test_ui_serves_the_runs_of_the_embedded_store(tmp_path, mnist_dir):
+    path = write_study(tmp_path, "ui", space={"beta": [0.9]})
+    out = tmp_path / "out"
+    assert (
+        run_cli(
+            "study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir)
+        ).returncode
+        == 0
+    )
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "harness", "ui", "--output-dir", str(out), "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        experiments = _wait_for_json(f"{base}/experiments/get-by-name?experiment_name=ui")
+        experiment_id = experiments["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/runs/search", data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.load(response)["runs"]
+        assert [r["info"]["run_name"] for r in runs] == ["ui/t000/s0"]
+        assert runs[0]["info"]["status"] == "FINISHED"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_json(url: str, seconds: float = 90) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _start_study(path: Path, out: Path, mnist_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
+         "--data-dir", str(mnist_dir)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_running_run(out: Path, name: str, seconds: float = 120) -> str:
+    """The MLflow run of a trial that is running, read from Optuna's journal (reading the
+    SQLite database while the study may still be creating it would race its set-up)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if (out / "optuna.journal").exists():
+            storage = open_stores(out).storage
+            if name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
+                study = optuna.load_study(study_name=name, storage=storage)
+                for trial in study.get_trials(states=(TrialState.RUNNING,)):
+                    if trial.user_attrs.get("mlflow_run_ids"):
+                        return trial.user_attrs["mlflow_run_ids"][0]
+        time.sleep(0.3)
+    raise TimeoutError("no run started")
+
+
+SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_study_resumes_with_consistent_stores(tmp_path, mnist_dir, how):
+    path = write_study(tmp_path, "killed", base=SLOW, space={"beta": [0.8, 0.9]})
+    out = tmp_path / "out"
+    process = _start_study(path, out, mnist_dir)
+    killed_run = _wait_for_running_run(out, "killed")
+    process.send_signal(getattr(signal, how))
+    process.wait(timeout=30)
+    assert process.returncode != 0
+    stores, client = stores_of(out)
+    if how == "SIGTERM":  # ended cleanly by the study itself
+        assert client.get_run(killed_run).info.status == "KILLED"
+        study = optuna.load_study(study_name="killed", storage=stores.storage)
+        assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+
+    resumed = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    if how == "SIGKILL":
+        assert "had lost their worker" in resumed.stdout
+    study = optuna.load_study(study_name="killed", storage=stores.storage)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["beta"] for t in complete) == [0.8, 0.9]
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 1
+    assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.FAIL}
+    experiment = client.get_experiment_by_name("killed")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
+    assert client.get_run(killed_run).info.status == "KILLED"
