@@ -10,7 +10,9 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 ARGS ?=
 
-.PHONY: install data train bench test lint clean
+NAME ?= smoke
+
+.PHONY: install data train study report ui bench test lint clean
 
 install:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,15 @@ data:
 
 train:
 	$(BIN)/python -m harness train --config studies/tutorial5.yaml $(ARGS)
+
+study:
+	$(BIN)/python -m harness study $(NAME) $(ARGS)
+
+report:
+	$(BIN)/python -m harness report $(NAME) $(ARGS)
+
+ui:
+	$(BIN)/python -m harness ui $(ARGS)
 
 bench:
 	$(BIN)/python -m harness bench $(ARGS)

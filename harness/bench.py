@@ -243,3 +243,63 @@ def format_report(report: dict) -> str:
             lines.append(f"  {name:<26}{row['ms_per_iteration']:>8.2f}")
     lines.append(f"ratio (tutorial-5 settings, rate): {report['ratio']:.1f}x")
     return "\n".join(lines)
+
+
+def tracking_overhead(
+    data_dir: Path | None = None, repeats: int = 3, settings: dict | None = None
+) -> dict:
+    """Wall time of a training run with and without MLflow logging, interleaved.
+
+    The logged run goes to a fresh SQLite store (created before timing starts) and includes
+    everything a study run does in MLflow: create the run, params and config artifact,
+    batched metrics, curves artifact, end the run.
+    """
+    import tempfile
+
+    from harness.data import subset
+    from harness.tracking import MlflowClient, RunLogger, experiment_id
+    from harness.train import train
+
+    config = make_run_config(settings or {})
+    device = resolve_device(config.device)
+    dataset = data.load(data_dir, device, config.train_subset, config.test_subset)
+    warmup = data.Dataset(
+        subset(dataset.train, 10 * config.batch_size, "first", 0), dataset.test, ""
+    )
+    times: dict[str, list[float]] = {"plain": [], "mlflow": []}
+    logging: list[float] = []  # seconds spent inside MLflow calls, per logged run
+    with tempfile.TemporaryDirectory() as tmp:
+        client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+        experiment = experiment_id(client, "overhead", Path(tmp) / "artifacts")
+        train(config, warmup)  # loads the kernels before anything is timed
+        for repeat in range(repeats):
+            for mode in ("plain", "mlflow") if repeat % 2 == 0 else ("mlflow", "plain"):
+                start = time.perf_counter()
+                if mode == "plain":
+                    train(config, dataset)
+                else:
+                    spent = [0.0]
+
+                    def timed(call, *args, spent=spent):
+                        begin = time.perf_counter()
+                        call(*args)
+                        spent[0] += time.perf_counter() - begin
+
+                    begin = time.perf_counter()
+                    logger = RunLogger(client, experiment, f"overhead/{repeat}", {})
+                    logger.log_config(config.model_dump())
+                    spent[0] += time.perf_counter() - begin
+                    result = train(config, dataset, [lambda event, log=logger: timed(log, event)])
+                    timed(logger.finish, result)
+                    logging.append(spent[0])
+                times[mode].append(time.perf_counter() - start)
+    plain, logged = statistics.median(times["plain"]), statistics.median(times["mlflow"])
+    return {
+        "plain_seconds": plain,
+        "mlflow_seconds": logged,
+        "overhead_percent": 100 * (logged - plain) / plain,
+        "logging_seconds": statistics.median(logging),
+        "logging_percent": 100 * statistics.median(logging) / plain,
+        "repeats": repeats,
+        "runs": times,
+    }

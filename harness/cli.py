@@ -1,4 +1,4 @@
-"""Command line: `python -m harness train|study|ui|bench|data ...`.
+"""Command line: `python -m harness train|study|report|ui|bench|data ...`.
 
 Bad input is one line on stderr and exit code 2, before anything is trained or written.
 """
@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--iterations", type=int, default=30, help="timed iterations per case")
     bench.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     bench.add_argument("--quick", action="store_true", help="tutorial-5 case only, no memory")
+    bench.add_argument(
+        "--tracking", action="store_true",
+        help="instead: MLflow's share of a tutorial-5 run (with and without logging)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -74,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
+
+    report = commands.add_parser("report", help="write a study's HTML and PDF report")
+    report.add_argument("name", help="a study in studies/ or a YAML path")
+    _store_args(report)
+    report.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"), help="where reports/NAME/ goes"
+    )
 
     data = commands.add_parser("data", help="acquire and verify MNIST")
     _data_dir_arg(data)
@@ -116,6 +127,17 @@ def _bench(args: argparse.Namespace) -> int:
     make_run_config({"device": args.device}, "--device")
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
+    if args.tracking:
+        report = bench.tracking_overhead(args.data_dir, repeats=5, settings={"device": args.device})
+        print(
+            f"one tutorial-5 epoch: {report['plain_seconds']:.2f} s without MLflow, "
+            f"{report['mlflow_seconds']:.2f} s with it ({report['overhead_percent']:+.1f} %, "
+            f"medians of {report['repeats']}, interleaved); time inside MLflow calls "
+            f"{report['logging_seconds']:.3f} s a run = {report['logging_percent']:.1f} %"
+        )
+        if args.json:
+            print(json.dumps(report))
+        return 0
     report = bench.bench(
         args.device, args.iterations, args.warmup, args.data_dir,
         cases=bench.CASES[:1] if args.quick else bench.CASES,
@@ -146,7 +168,33 @@ def _study(args: argparse.Namespace) -> int:
         config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
     )
     print(format_table(study, config))
-    print(f"wall time {time.perf_counter() - start:.1f} s")
+    wall = time.perf_counter() - start
+    print(f"wall time {wall:.1f} s" + _overhead(study, wall))
+    return 0
+
+
+def _overhead(study, wall: float) -> str:
+    """How much of this invocation's wall time the training itself took."""
+    from harness.study import trained_seconds_since
+
+    runs, seconds = trained_seconds_since(study, time.time() - wall)
+    if not runs:
+        return " (nothing left to train)"
+    return (
+        f"; {runs} runs trained for {seconds:.1f} s, so data, stores and MLflow took "
+        f"{wall - seconds:.1f} s ({(wall - seconds) / runs:.2f} s a run)"
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.config import load_study
+    from harness.report import build_report
+    from harness.study import open_stores
+
+    config = load_study(args.name)
+    stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
+    page = build_report(config, stores, args.reports_dir / config.name)
+    print(f"report: {page} and {page.with_name('report.pdf')}")
     return 0
 
 
@@ -180,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handlers = {
-        "train": _train, "bench": _bench, "study": _study, "ui": _ui, "data": _data,
+        "train": _train, "bench": _bench, "study": _study, "report": _report, "ui": _ui,
+        "data": _data,
     }  # fmt: skip
     try:
         return handlers[args.command](args)

@@ -348,6 +348,17 @@ def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: f
     return f"{head}: {outcome} {trial.user_attrs.get('message', '')} ({seconds:.1f} s)"
 
 
+def trained_seconds_since(study: optuna.Study, since: float) -> tuple[int, float]:
+    """Runs finished after `since` (a Unix time) and the seconds they spent training."""
+    runs = [
+        run
+        for trial in study.get_trials(deepcopy=False)
+        if trial.datetime_complete is not None and trial.datetime_complete.timestamp() >= since
+        for run in trial.user_attrs.get("runs", [])
+    ]
+    return len(runs), sum(run["train_seconds"] for run in runs)
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan

@@ -22,11 +22,16 @@ from typing import Any
 
 import torch
 import yaml
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
-from harness import __version__
-from harness.train import Event, RunResult
+# MLflow 3 starts a telemetry thread at import that calls out to the network; a benchmark
+# harness should neither phone home nor share its CPU with that. The user can still opt in.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from harness import __version__  # noqa: E402
+from harness.train import Event, RunResult  # noqa: E402
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress

@@ -1,0 +1,193 @@
+"""What a study holds, as pandas frames: one row per MLflow run, one per configuration.
+
+Runs come from MLflow (final metrics, params, tags, loss curves); trial states, the space
+and what is still missing come from Optuna. Nothing is recomputed from training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from scipy import stats
+
+from harness.config import StudyConfig
+from harness.study import DONE
+
+METRICS = (
+    "test_accuracy",
+    "rate_accuracy",
+    "latency_accuracy",
+    "test_loss",
+    "train_seconds",
+    "hidden_firing_rate",
+    "output_firing_rate",
+)
+
+
+@dataclass
+class StudyData:
+    """Everything a report shows about one study."""
+
+    config: StudyConfig
+    study: optuna.Study | None
+    runs: pd.DataFrame  # one row per MLflow run
+    curves: pd.DataFrame  # run_id, config, seed, metric, iteration, value
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def varied(self) -> list[str]:
+        """Parameters that take more than one value among the runs (or in the space)."""
+        return [p for p in self.config.space if p in self.runs and self.runs[p].nunique() > 1]
+
+
+def _label(params: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={_fmt(params[k])}" for k in keys if k in params) or "base"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) -> StudyData:
+    """Read runs and curves from MLflow and trial states from Optuna."""
+    experiment = client.get_experiment_by_name(config.name)
+    records, curves = [], []
+    runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+    keys = list(config.space)
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        typed = {k: _typed(config, k, params[k]) for k in keys if k in params}
+        record = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "trial": int(tags.get("harness.trial", -1)),
+            "seed": int(tags.get("harness.seed", params.get("seed", 0))),
+            "status": tags.get("harness.status", run.info.status.lower()),
+            "mlflow_status": run.info.status,
+            "device": tags.get("harness.device", ""),
+            "commit": tags.get("harness.commit", ""),
+            "data_checksum": tags.get("harness.data_checksum", ""),
+            "config": _label(typed, keys),
+            **typed,
+            **{m: run.data.metrics.get(m, math.nan) for m in METRICS},
+        }
+        records.append(record)
+        if run.info.status == "FINISHED" and record["status"] == "finished":
+            for metric in ("train_loss", "test_loss"):
+                for point in client.get_metric_history(run.info.run_id, metric):
+                    curves.append(
+                        {
+                            "run_id": run.info.run_id,
+                            "config": record["config"],
+                            "seed": record["seed"],
+                            "metric": metric,
+                            "iteration": point.step,
+                            "value": point.value,
+                        }
+                    )
+    frame = pd.DataFrame.from_records(records)
+    if not frame.empty:
+        frame = frame.sort_values(["trial", "seed"]).reset_index(drop=True)
+    curve_frame = pd.DataFrame.from_records(
+        curves, columns=["run_id", "config", "seed", "metric", "iteration", "value"]
+    )
+    return StudyData(config, study, frame, curve_frame, _missing(config, study, frame))
+
+
+def _typed(config: StudyConfig, key: str, raw: str) -> Any:
+    """A param string from MLflow back to the run setting's type."""
+    return getattr(config.run_config({key: yaml.safe_load(raw)}, 0), key)
+
+
+def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame) -> list[str]:
+    """What the study has not produced yet, in words."""
+    if study is None:
+        return ["the Optuna study does not exist yet: nothing has run"]
+    notes = []
+    trials = study.get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        notes.append(f"{len(running)} trial(s) still running: {[t.number for t in running]}")
+    keys = list(config.space)
+    if config.sampler == "grid":
+        done = {
+            json.dumps(t.params, sort_keys=True)
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or t.user_attrs.get(DONE) == "diverged"
+        }
+        todo = [p for p in config.grid() if json.dumps(p, sort_keys=True) not in done]
+        if todo:
+            shown = "; ".join(_label(p, keys) for p in todo[:12])
+            more = f" and {len(todo) - 12} more" if len(todo) > 12 else ""
+            notes.append(f"{len(todo)} of {len(config.grid())} grid points not done: {shown}{more}")
+    else:
+        finished = [
+            t
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+            and t.user_attrs.get(DONE) != "skipped"
+        ]
+        if len(finished) < (config.n_trials or 0):
+            notes.append(f"{len(finished)} of {config.n_trials} trials finished")
+    if not runs.empty:
+        unfinished = runs[runs["mlflow_status"] == "RUNNING"]
+        if len(unfinished):
+            notes.append(f"{len(unfinished)} MLflow run(s) still RUNNING")
+    return notes
+
+
+def configurations(data: StudyData) -> pd.DataFrame:
+    """One row per configuration: mean, sd and 95 % confidence interval over its seeds."""
+    finished = data.runs[data.runs["status"] == "finished"] if not data.runs.empty else data.runs
+    if finished.empty:
+        return pd.DataFrame()
+    keys = [k for k in data.config.space if k in finished]
+    rows = []
+    for label, group in finished.groupby("config", sort=False):
+        row: dict[str, Any] = {"config": label, "seeds": len(group)}
+        row.update({k: group[k].iloc[0] for k in keys})
+        for metric in METRICS:
+            values = group[metric].dropna()
+            mean = float(values.mean()) if len(values) else math.nan
+            sd = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            half = (
+                float(stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
+                if len(values) > 1
+                else math.nan
+            )
+            row[f"{metric}_mean"], row[f"{metric}_sd"], row[f"{metric}_ci95"] = mean, sd, half
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def counts(data: StudyData) -> dict[str, int]:
+    """Runs by how they ended."""
+    if data.runs.empty:
+        return {}
+    return {str(k): int(v) for k, v in data.runs["status"].value_counts().items()}
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """Complete trials in order, with the best value so far (the optimisation history)."""
+    rows = [
+        {"trial": t.number, "value": t.value}
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ]
+    frame = pd.DataFrame(rows, columns=["trial", "value"])
+    if not frame.empty:
+        best = (
+            frame["value"].cummax()
+            if study.direction.name == "MAXIMIZE"
+            else frame["value"].cummin()
+        )
+        frame["best so far"] = best
+    return frame
