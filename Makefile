@@ -14,7 +14,13 @@ NAME ?= smoke
 
 .PHONY: install data train study report ui bench test lint clean
 
+# Debian packages the tests use: headless Chromium (report page) and PostgreSQL (workers).
+APT_PACKAGES := chromium postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 install:
+	@if command -v apt-get >/dev/null && ! (command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1); then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH)

@@ -86,7 +86,10 @@ def loss_curves(data: StudyData) -> list[Figure]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, metric in zip(axes, ("train_loss", "test_loss"), strict=True):
         part = curves[curves["metric"] == metric]
-        sns.lineplot(part, x="iteration", y="value", hue="config", errorbar="sd", ax=ax)
+        order = list(dict.fromkeys(data.runs["config"]))  # trial order
+        sns.lineplot(
+            part, x="iteration", y="value", hue="config", hue_order=order, errorbar="sd", ax=ax
+        )
         ax.set_title(metric.replace("_", " "))
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
@@ -119,7 +122,8 @@ def heatmap(data: StudyData, table: pd.DataFrame) -> list[Figure]:
         Figure(
             f"heatmap_{rows}_{cols}",
             f"Test accuracy over {rows} and {cols}",
-            f"Mean test accuracy over seeds for each combination of {rows} and {cols}.",
+            f"Mean test accuracy over seeds for each combination of {rows} and {cols}"
+            + (", averaged over the other varied parameters." if len(data.varied) > 2 else "."),
             fig,
         )
     ]
