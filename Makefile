@@ -12,7 +12,7 @@ ARGS ?=
 
 NAME ?= smoke
 
-.PHONY: install data train study report ui bench test lint clean
+.PHONY: install data train study worker report ui bench test lint clean
 
 # Debian packages the tests use: headless Chromium (report page) and PostgreSQL (workers).
 APT_PACKAGES := chromium postgresql
@@ -34,6 +34,9 @@ train:
 	$(BIN)/python -m harness train --config studies/tutorial5.yaml $(ARGS)
 
 study:
+	$(BIN)/python -m harness study $(NAME) $(ARGS)
+
+worker:
 	$(BIN)/python -m harness study $(NAME) $(ARGS)
 
 report:

@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("name", help="a study in studies/ (e.g. beta_sweep) or a YAML path")
     _store_args(study)
     study.add_argument("--max-trials", type=int, default=None, help="stop after this many")
+    study.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes on this machine (more can join from anywhere: make worker)",
+    )  # fmt: skip
+    study.add_argument(
+        "--summary", action=argparse.BooleanOptionalAction, default=True,
+        help="print the table of configurations at the end",
+    )  # fmt: skip
     _data_dir_arg(study)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the study stores")
@@ -155,31 +163,68 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from harness.config import load_study
-    from harness.study import format_table, open_stores, run_study
+    from harness.study import format_table, open_stores, open_study, run_study
 
     config = load_study(args.name)
     if args.max_trials is not None and args.max_trials < 1:
         raise ConfigError("--max-trials must be >= 1")
+    if args.workers < 1:
+        raise ConfigError("--workers must be >= 1")
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
     signal.signal(signal.SIGTERM, _interrupt)  # end the running trial cleanly, as on Ctrl-C
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)
-    study = run_study(
-        config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
-    )
-    print(format_table(study, config))
-    wall = time.perf_counter() - start
-    print(f"wall time {wall:.1f} s" + _overhead(study, wall))
+    if args.workers > 1:
+        _run_workers(args, stores)
+        study = open_study(config, stores)
+    else:
+        study = run_study(
+            config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
+        )
+    if args.summary:
+        print(format_table(study, config))
+        wall = time.perf_counter() - start
+        print(f"wall time {wall:.1f} s" + _overhead(study, wall, args.workers))
     return 0
 
 
-def _overhead(study, wall: float) -> str:
+def _run_workers(args: argparse.Namespace, stores) -> None:
+    """Start `--workers` processes of this same study and wait for them all."""
+    import os
+    import subprocess
+
+    command = [sys.executable, "-m", "harness", "study", args.name, "--no-summary"]
+    for flag, value in (
+        ("--output-dir", args.output_dir), ("--storage", args.storage),
+        ("--tracking-uri", args.tracking_uri), ("--data-dir", args.data_dir),
+        ("--max-trials", args.max_trials),
+    ):  # fmt: skip
+        if value is not None:
+            command += [flag, str(value)]
+    threads = str(max(1, (os.cpu_count() or 1) // args.workers))  # share the cores
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait()
+        raise
+    if any(codes):
+        raise RuntimeError(f"worker exit codes {codes}")
+
+
+def _overhead(study, wall: float, workers: int) -> str:
     """How much of this invocation's wall time the training itself took."""
     from harness.study import trained_seconds_since
 
-    runs, seconds = trained_seconds_since(study, time.time() - wall)
+    runs, seconds = trained_seconds_since(study, time.time() - wall, this_process=workers == 1)
     if not runs:
         return " (nothing left to train)"
+    if workers > 1:
+        return f"; {workers} workers trained {runs} runs for {seconds:.1f} s in all"
     return (
         f"; {runs} runs trained for {seconds:.1f} s, so data, stores and MLflow took "
         f"{wall - seconds:.1f} s ({(wall - seconds) / runs:.2f} s a run)"

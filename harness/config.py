@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
         None, gt=0.0, description="surrogate sharpness: atan's alpha or fast_sigmoid's slope"
     )
     decoding: Literal["rate", "latency"] = "rate"
-    lr: float = Field(5e-4, gt=0.0, le=10.0)
+    lr: float = Field(5e-4, gt=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(1, ge=1)
     seed: int = Field(0, ge=0)

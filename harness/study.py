@@ -10,12 +10,16 @@ a trial whose worker died is marked FAIL (its MLflow runs KILLED) and its point 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import re
 import socket
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,21 @@ class Stores:
     tracking_uri: str
     artifact_root: Path | None
     description: str
+    lock_file: Path | None = None  # serialises set-up of the embedded stores between workers
+
+    @contextmanager
+    def setup_lock(self) -> Iterator[None]:
+        """Hold an exclusive lock while creating tables, experiments and the grid queue, so
+        workers started together on one machine do not race (a no-op for servers)."""
+        if self.lock_file is None:
+            yield
+            return
+        with open(self.lock_file, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def open_stores(
@@ -55,14 +74,22 @@ def open_stores(
     if tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ:
         artifact_root = output_dir / "mlartifacts"
     tracking_uri = tracking_uri or default_tracking_uri(output_dir)
+    lock = output_dir / ".setup.lock" if artifact_root or not storage else None
+    if lock is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
     if storage:
-        return Stores(storage, tracking_uri, artifact_root, f"optuna {storage}")
-    output_dir.mkdir(parents=True, exist_ok=True)
+        return Stores(storage, tracking_uri, artifact_root, f"optuna {_redact(storage)}", lock)
     journal = output_dir / "optuna.journal"
     backend = optuna.storages.journal.JournalFileBackend(str(journal))
     return Stores(
-        optuna.storages.JournalStorage(backend), tracking_uri, artifact_root, f"optuna {journal}"
-    )
+        optuna.storages.JournalStorage(backend), tracking_uri, artifact_root,
+        f"optuna {journal}", lock,
+    )  # fmt: skip
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password, for printing."""
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def _sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -319,14 +346,16 @@ def run_study(
     """Create or resume the study and run trials until it needs no more (or `max_trials`)."""
     device = resolve_device(config.base_config.device)
     dataset = data.load(data_dir, device)
-    client = MlflowClient(stores.tracking_uri)
-    experiment = experiment_id(client, config.name, stores.artifact_root)
-    study = open_study(config, stores)
-    stale = fail_stale_trials(study, client)
+    with stores.setup_lock():
+        client = MlflowClient(stores.tracking_uri)
+        client.search_experiments(max_results=1)  # creates the tables of a new database
+        experiment = experiment_id(client, config.name, stores.artifact_root)
+        study = open_study(config, stores)
+        stale = fail_stale_trials(study, client)
+        if config.sampler == "grid":
+            enqueue_grid(study, config)
     if stale:
         print(f"trials {stale} had lost their worker: marked FAIL, their runs KILLED", flush=True)
-    if config.sampler == "grid":
-        enqueue_grid(study, config)
     done = 0
     while max_trials is None or done < max_trials:
         trial = _next_trial(study, config)
@@ -348,12 +377,17 @@ def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: f
     return f"{head}: {outcome} {trial.user_attrs.get('message', '')} ({seconds:.1f} s)"
 
 
-def trained_seconds_since(study: optuna.Study, since: float) -> tuple[int, float]:
-    """Runs finished after `since` (a Unix time) and the seconds they spent training."""
+def trained_seconds_since(
+    study: optuna.Study, since: float, this_process: bool = True
+) -> tuple[int, float]:
+    """Runs finished after `since` (a Unix time), by this process or by any, and the seconds
+    they spent training."""
     runs = [
         run
         for trial in study.get_trials(deepcopy=False)
-        if trial.datetime_complete is not None and trial.datetime_complete.timestamp() >= since
+        if trial.datetime_complete is not None
+        and trial.datetime_complete.timestamp() >= since
+        and (not this_process or trial.user_attrs.get("pid") == os.getpid())
         for run in trial.user_attrs.get("runs", [])
     ]
     return len(runs), sum(run["train_seconds"] for run in runs)
