@@ -163,7 +163,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from harness.config import load_study
-    from harness.study import format_table, open_stores, open_study, run_study
+    from harness.study import format_table, open_stores, prepare_study, run_study
 
     config = load_study(args.name)
     if args.max_trials is not None and args.max_trials < 1:
@@ -175,8 +175,11 @@ def _study(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)
     if args.workers > 1:
-        _run_workers(args, stores)
-        study = open_study(config, stores)
+        _, _, study = prepare_study(config, stores)  # once, before the workers race for it
+        codes = _run_workers(args)
+        if any(codes):
+            print(f"error: workers ended with exit codes {codes}", file=sys.stderr)
+            return 1
     else:
         study = run_study(
             config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
@@ -188,7 +191,7 @@ def _study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_workers(args: argparse.Namespace, stores) -> None:
+def _run_workers(args: argparse.Namespace) -> list[int]:
     """Start `--workers` processes of this same study and wait for them all."""
     import os
     import subprocess
@@ -205,15 +208,13 @@ def _run_workers(args: argparse.Namespace, stores) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     try:
-        codes = [worker.wait() for worker in workers]
+        return [worker.wait() for worker in workers]
     except KeyboardInterrupt:
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.wait()
         raise
-    if any(codes):
-        raise RuntimeError(f"worker exit codes {codes}")
 
 
 def _overhead(study, wall: float, workers: int) -> str:

@@ -102,3 +102,14 @@ BACKENDS = {"fused": FusedNet, "reference": ReferenceNet}
 def build_model(config: RunConfig) -> nn.Module:
     """The network of `config.backend`, initialised from the current torch seed."""
     return BACKENDS[config.backend](config)
+
+
+def load_weights(path: str, config: RunConfig) -> nn.Module:
+    """A network of `config` with weights saved by a run (`save_model`, MLflow's model.pt).
+
+    Only tensors are read (`weights_only=True`): a weights file cannot run code.
+    """
+    model = build_model(config)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=config.backend == "fused")
+    return model

@@ -336,16 +336,9 @@ def _subset(dataset: data.Dataset, config) -> data.Dataset:
     return data.Dataset(train_split, test_split, dataset.checksum)
 
 
-def run_study(
-    config: StudyConfig,
-    stores: Stores,
-    data_dir: Path | None = None,
-    progress: bool = True,
-    max_trials: int | None = None,
-) -> optuna.Study:
-    """Create or resume the study and run trials until it needs no more (or `max_trials`)."""
-    device = resolve_device(config.base_config.device)
-    dataset = data.load(data_dir, device)
+def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, str, optuna.Study]:
+    """Create or load the experiment and the study, fail trials whose worker died, and
+    queue the grid points nobody covers; under the set-up lock of the embedded stores."""
     with stores.setup_lock():
         client = MlflowClient(stores.tracking_uri)
         client.search_experiments(max_results=1)  # creates the tables of a new database
@@ -356,6 +349,20 @@ def run_study(
             enqueue_grid(study, config)
     if stale:
         print(f"trials {stale} had lost their worker: marked FAIL, their runs KILLED", flush=True)
+    return client, experiment, study
+
+
+def run_study(
+    config: StudyConfig,
+    stores: Stores,
+    data_dir: Path | None = None,
+    progress: bool = True,
+    max_trials: int | None = None,
+) -> optuna.Study:
+    """Create or resume the study and run trials until it needs no more (or `max_trials`)."""
+    device = resolve_device(config.base_config.device)
+    dataset = data.load(data_dir, device)
+    client, experiment, study = prepare_study(config, stores)
     done = 0
     while max_trials is None or done < max_trials:
         trial = _next_trial(study, config)

@@ -28,6 +28,7 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness import __version__  # noqa: E402
@@ -69,7 +70,12 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
     if experiment is not None:
         return experiment.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as err:  # another worker created it first
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _now_ms() -> int:
@@ -81,7 +87,7 @@ class RunLogger:
 
     def __init__(self, client: MlflowClient, experiment: str, run_name: str, tags: dict[str, Any]):
         self.client = client
-        tags = {"harness.version": __version__, **tags}
+        tags = {key: str(value) for key, value in {"harness.version": __version__, **tags}.items()}
         self.run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
         self._buffer: list[Metric] = []
         self._flushed = time.monotonic()
