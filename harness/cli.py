@@ -16,6 +16,10 @@ from harness.config import ConfigError, load_run_config
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # `--t` must not quietly mean --tracking-uri
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
@@ -272,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     from harness.data import DataError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed in one line
+        return int(exit_.code or 0)
     handlers = {
         "train": _train, "bench": _bench, "study": _study, "report": _report, "ui": _ui,
         "data": _data,
