@@ -29,14 +29,14 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness import data
-from harness.config import Choices, StudyConfig
+from harness.config import INT_KEYS, Choices, StudyConfig
 from harness.tracking import RunLogger, default_tracking_uri, experiment_id, git_commit
 from harness.train import Event, StopRun, resolve_device, train
 
 STALE_SECONDS = 120.0  # a RUNNING trial whose worker has not reported for this long is dead
 HEARTBEAT_SECONDS = 20.0
 PRUNE_PROXY = {"test_loss": "test_loss"}  # accuracies are estimated on the test batch
-DONE = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
+OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _covered(trial: optuna.trial.FrozenTrial) -> bool:
         return True
     if trial.state == TrialState.WAITING:
         return True
-    return trial.state == TrialState.FAIL and trial.user_attrs.get(DONE) == "diverged"
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(OUTCOME) == "diverged"
 
 
 def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
@@ -186,8 +186,6 @@ def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
 
 
 def _suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
-    from harness.config import INT_KEYS
-
     params = {}
     for key, space in config.space.items():
         if isinstance(space, list | Choices):
@@ -219,14 +217,16 @@ def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None
             if t.number != trial.number and t.user_attrs.get("grid_point") == point
         ]
         if point is None or others:  # another worker took the last point first
-            trial.set_user_attr(DONE, "skipped")
+            trial.set_user_attr(OUTCOME, "skipped")
             study.tell(trial, state=TrialState.FAIL)
             return _next_trial(study, config)
         return trial
     finished = study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     )
-    if len([t for t in finished if t.user_attrs.get(DONE) != "skipped"]) >= (config.n_trials or 0):
+    if len([t for t in finished if t.user_attrs.get(OUTCOME) != "skipped"]) >= (
+        config.n_trials or 0
+    ):
         return None
     return study.ask()
 
@@ -309,7 +309,7 @@ def run_trial(
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
             logger.abort("KILLED" if interrupted else "FAILED", repr(err))
-            trial.set_user_attr(DONE, "interrupted" if interrupted else "error")
+            trial.set_user_attr(OUTCOME, "interrupted" if interrupted else "error")
             trial.set_user_attr("message", repr(err)[:1000])
             study.tell(trial, state=TrialState.FAIL)
             raise
@@ -319,12 +319,12 @@ def run_trial(
         )
         trial.set_user_attr("runs", runs)
         if result.status != "finished":
-            trial.set_user_attr(DONE, result.status)
+            trial.set_user_attr(OUTCOME, result.status)
             trial.set_user_attr("message", result.message)
             state = TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL
             study.tell(trial, state=state)
             return
-    trial.set_user_attr(DONE, "finished")
+    trial.set_user_attr(OUTCOME, "finished")
     study.tell(trial, statistics.fmean(run[config.objective.metric] for run in runs))
 
 
@@ -377,7 +377,7 @@ def run_study(
 
 
 def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: float) -> str:
-    outcome = trial.user_attrs.get(DONE, trial.state.name.lower())
+    outcome = trial.user_attrs.get(OUTCOME, trial.state.name.lower())
     head = f"trial {trial.number:3d} {_params_text(trial.params)}"
     if trial.state == TrialState.COMPLETE:
         return f"{head}: {config.objective.metric} {trial.value:.4f} ({seconds:.1f} s)"
@@ -412,7 +412,7 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
     for trial in study.get_trials(deepcopy=False):
         runs = [r for r in trial.user_attrs.get("runs", []) if "test_accuracy" in r]
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or not (
-            runs or trial.user_attrs.get(DONE) in ("pruned", "diverged")
+            runs or trial.user_attrs.get(OUTCOME) in ("pruned", "diverged")
         ):
             continue
 
@@ -420,7 +420,7 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
             {
                 "trial": trial.number,
                 "params": trial.params,
-                "outcome": trial.user_attrs.get(DONE, trial.state.name.lower()),
+                "outcome": trial.user_attrs.get(OUTCOME, trial.state.name.lower()),
                 "seeds": len(runs),
                 "test_accuracy": _mean_sd([r["test_accuracy"] for r in runs]),
                 "test_loss": _mean_sd([r["test_loss"] for r in runs]),

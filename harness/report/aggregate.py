@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from harness.config import StudyConfig
-from harness.study import DONE
+from harness.study import OUTCOME
 
 METRICS = (
     "test_accuracy",
@@ -122,7 +122,7 @@ def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame
             json.dumps(t.params, sort_keys=True)
             for t in trials
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or t.user_attrs.get(DONE) == "diverged"
+            or t.user_attrs.get(OUTCOME) == "diverged"
         }
         todo = [p for p in config.grid() if json.dumps(p, sort_keys=True) not in done]
         if todo:
@@ -134,7 +134,7 @@ def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame
             t
             for t in trials
             if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            and t.user_attrs.get(DONE) != "skipped"
+            and t.user_attrs.get(OUTCOME) != "skipped"
         ]
         if len(finished) < (config.n_trials or 0):
             notes.append(f"{len(finished)} of {config.n_trials} trials finished")
