@@ -40,11 +40,11 @@ def first_spike_time(spikes: torch.Tensor) -> torch.Tensor:
 
 
 def rate_loss(membranes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    num_steps, batch, classes = membranes.shape
-    flat = F.cross_entropy(
-        membranes.reshape(num_steps * batch, classes), targets.repeat(num_steps), reduction="sum"
-    )
-    return flat / batch
+    """Sum over steps of the batch-mean cross-entropy, in one call ((B, C, T) layout: the
+    class dimension is not the last one, which PyTorch's CPU kernel handles faster)."""
+    num_steps, batch, _ = membranes.shape
+    per_step = targets[:, None].expand(batch, num_steps)
+    return F.cross_entropy(membranes.permute(1, 2, 0), per_step, reduction="sum") / batch
 
 
 def latency_loss(spikes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -47,12 +47,59 @@ def _total(rows):
     return total
 
 
+@njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
+def _fc2(s1, w2, b2, out):
+    """out = W2 s1 + b2 for one step. For MNIST's 10 classes the 10 dot products share one
+    pass over s1 (ten accumulators in registers); any other width takes one pass each."""
+    if w2.shape[0] == 10:
+        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = _F32(0.0)
+        for n in range(s1.shape[0]):
+            x = s1[n]
+            c0 += x * w2[0, n]
+            c1 += x * w2[1, n]
+            c2 += x * w2[2, n]
+            c3 += x * w2[3, n]
+            c4 += x * w2[4, n]
+            c5 += x * w2[5, n]
+            c6 += x * w2[6, n]
+            c7 += x * w2[7, n]
+            c8 += x * w2[8, n]
+            c9 += x * w2[9, n]
+        out[0], out[1], out[2], out[3], out[4] = c0, c1, c2, c3, c4
+        out[5], out[6], out[7], out[8], out[9] = c5, c6, c7, c8, c9
+    else:
+        for k in range(w2.shape[0]):
+            out[k] = _dot(s1, w2[k])
+    for k in range(w2.shape[0]):
+        out[k] += b2[k]
+
+
 @njit(fastmath={"contract"}, error_model="numpy", cache=True)
-def _axpy2(y, x, v, w, a):
-    """y += a * x and v += a * w, on rows (1-D slices vectorise; 2-D indexing does not)."""
+def _fc2_backward(g2, w2, s1, grad_s1, grad_w2):
+    """grad_s1 = W2^T g2 and grad_w2 += g2 s1^T for one step. For 10 classes grad_s1 takes
+    one pass with the ten weights of a neuron summed in registers. (One loop writing both
+    outputs would not vectorise: too many arrays that might overlap for LLVM to check.)"""
+    if w2.shape[0] == 10:
+        a0, a1, a2, a3, a4 = g2[0], g2[1], g2[2], g2[3], g2[4]
+        a5, a6, a7, a8, a9 = g2[5], g2[6], g2[7], g2[8], g2[9]
+        for n in range(s1.shape[0]):
+            grad_s1[n] = (
+                a0 * w2[0, n] + a1 * w2[1, n] + a2 * w2[2, n] + a3 * w2[3, n] + a4 * w2[4, n]
+                + a5 * w2[5, n] + a6 * w2[6, n] + a7 * w2[7, n] + a8 * w2[8, n] + a9 * w2[9, n]
+            )  # fmt: skip
+    else:
+        grad_s1[:] = 0
+        for k in range(w2.shape[0]):
+            _axpy(grad_s1, g2[k], w2[k])
+    for k in range(w2.shape[0]):
+        _axpy(grad_w2[k], g2[k], s1)
+
+
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _axpy(y, a, x):
+    """y += a * x, on rows (1-D slices vectorise; 2-D indexing in the loop may not)."""
     for n in range(y.shape[0]):
         y[n] += a * x[n]
-        v[n] += a * w[n]
 
 
 @njit(error_model="numpy", cache=True)
@@ -77,8 +124,7 @@ def _hidden_forward(cur1, beta, thr, u1, s1, zeros):
 def _output_forward(s1, w2, b2, beta, thr, u2, s2, cur2, zeros):
     """One sample's fc2 and output layer from its hidden spikes; fills u2 and s2 (T, K)."""
     for t in range(u2.shape[0]):
-        for k in range(cur2.shape[0]):
-            cur2[k] = _dot(s1[t], w2[k]) + b2[k]
+        _fc2(s1[t], w2, b2, cur2)
         _lif_step(u2[t - 1] if t else zeros, s2[t - 1] if t else zeros, cur2, beta, thr,
                   u2[t], s2[t])  # fmt: skip
 
@@ -163,10 +209,7 @@ def _backward(
                     d = _surrogate(mem2[t, b, k] - thr, code, slope)
                     g2[k] = grad_s2[t, b, k] * d + grad_u2[t, b, k] + beta * g2[k]
                     gb2[k] += g2[k]
-                ds1[:] = 0
-                for k in range(outputs):
-                    # dL/dS1[t] = W2^T G2[t] and dL/dW2 += G2[t] S1[t]^T, in one pass
-                    _axpy2(ds1, w2[k], gw2[k], s1[t], g2[k])
+                _fc2_backward(g2, w2, s1[t], ds1, gw2)
                 _hidden_backward_step(u1[t], ds1, thr, beta, code, slope, g1, total)
             grad_cur1[b] = total
         grad_w2_parts[c] = gw2
