@@ -34,12 +34,18 @@ def _numeric(series: pd.Series) -> bool:
 def accuracy_by_parameter(data: StudyData) -> list[Figure]:
     """Test accuracy against each varied parameter: the seeds as points, mean and sd."""
     runs = data.runs[data.runs["status"] == "finished"]
+    search = data.config.sampler != "grid"
     figures = []
     for param in data.varied:
         others = [p for p in data.varied if p != param]
-        hue = others[0] if others else None
+        hue = others[0] if others and not search else None
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        if _numeric(runs[param]):
+        if search:  # sampled values: no two trials share one, so no means to draw
+            sns.scatterplot(runs, x=param, y="test_accuracy", ax=ax)
+            if _numeric(runs[param]) and runs[param].min() > 0:
+                if runs[param].max() / runs[param].min() >= 50:
+                    ax.set_xscale("log")
+        elif _numeric(runs[param]):
             sns.lineplot(
                 runs, x=param, y="test_accuracy", hue=hue, errorbar="sd", marker="o", ax=ax
             )
@@ -60,14 +66,14 @@ def accuracy_by_parameter(data: StudyData) -> list[Figure]:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         by = f", one line per {hue}" if hue else ""
+        caption = (
+            f"Test accuracy of each complete trial against the {param} the sampler chose."
+            if search
+            else f"Test accuracy after training, against {param}{by}. Faint points are single "
+            "seeds; the line and bars are the mean and standard deviation over seeds."
+        )
         figures.append(
-            Figure(
-                f"accuracy_vs_{param}",
-                f"Test accuracy against {param}",
-                f"Test accuracy after training, against {param}{by}. Faint points are single "
-                "seeds; the line and bars are the mean and standard deviation over seeds.",
-                fig,
-            )
+            Figure(f"accuracy_vs_{param}", f"Test accuracy against {param}", caption, fig)
         )
     return figures
 
@@ -93,8 +99,8 @@ def loss_curves(data: StudyData) -> list[Figure]:
         ax.set_title(metric.replace("_", " "))
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        if ax.get_legend() is not None and metric == "train_loss":
-            ax.get_legend().remove()
+        if ax.get_legend() is not None and (metric == "train_loss" or len(order) > 8):
+            ax.get_legend().remove()  # one legend, and none past 8 lines (unreadable)
     fig.tight_layout()
     return [
         Figure(
@@ -111,7 +117,7 @@ def loss_curves(data: StudyData) -> list[Figure]:
 
 def heatmap(data: StudyData, table: pd.DataFrame) -> list[Figure]:
     """Mean test accuracy over two parameters that vary together."""
-    if len(data.varied) < 2 or table.empty:
+    if len(data.varied) < 2 or table.empty or data.config.sampler != "grid":
         return []
     rows, cols = data.varied[0], data.varied[1]
     grid = table.pivot_table(index=rows, columns=cols, values="test_accuracy_mean")
