@@ -133,6 +133,9 @@ SAMPLERS = ("grid", "tpe", "random", "qmc")
 PRUNERS = ("none", "median", "hyperband")
 OBJECTIVE_METRICS = ("test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss")
 INT_KEYS = {name for name, f in RunConfig.model_fields.items() if f.annotation in (int, "int")}
+FLOAT_KEYS = {
+    name for name, f in RunConfig.model_fields.items() if f.annotation in (float, float | None)
+}
 
 
 class Range(BaseModel):
@@ -234,7 +237,7 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
                 raise ConfigError(f"{where}: low {values.low} is greater than high {values.high}")
             if values.log and values.low <= 0:
                 raise ConfigError(f"{where}: a log range needs low > 0")
-            if key not in INT_KEYS and key not in {"beta", "threshold", "slope", "lr"}:
+            if key not in INT_KEYS | FLOAT_KEYS:
                 raise ConfigError(f"{where}: not numeric; use a list or choices")
             options = [values.low, values.high]
             if key in INT_KEYS:

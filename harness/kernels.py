@@ -4,8 +4,9 @@ After fc1 every sample is independent: its hidden LIF scan, fc2 and its output L
 touch only that sample's (T, H) and (T, 10) values. So the kernel runs one sample at a time
 (parallel over samples), keeps those values in per-thread buffers that fit in the CPU cache,
 and never writes the (T, B, H) hidden spikes or membranes to memory. The backward pass
-recomputes the sample's forward scan (cheap: its input current is static) and then walks
-both layers backwards in time together, using the closed-form LIF gradient of `neurons`:
+recomputes the sample's hidden scan (cheap: its input current is static), reads the output
+membranes the forward pass returned, and walks both layers backwards in time together,
+using the closed-form LIF gradient of `neurons`:
 
     G2[t] = dL/dS2[t] * sg(U2[t] - thr) + dL/dU2[t] + beta * G2[t+1]     (output layer)
     G1[t] = (W2^T G2[t]) * sg(U1[t] - thr) + beta * G1[t+1]              (hidden layer)
