@@ -32,15 +32,16 @@ def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _store_args(parser: argparse.ArgumentParser) -> None:
+def _store_args(parser: argparse.ArgumentParser, optuna: bool = True) -> None:
     parser.add_argument(
         "--output-dir", type=Path, default=None,
         help="embedded stores' folder (default: $HARNESS_OUTPUT_DIR or ./outputs)",
     )  # fmt: skip
-    parser.add_argument(
-        "--storage", default=None, help="Optuna storage URL, e.g. postgresql://... "
-        "(default: $HARNESS_STORAGE, else a journal file in the output folder)",
-    )  # fmt: skip
+    if optuna:
+        parser.add_argument(
+            "--storage", default=None, help="Optuna storage URL, e.g. postgresql://... "
+            "(default: $HARNESS_STORAGE, else a journal file in the output folder)",
+        )  # fmt: skip
     parser.add_argument(
         "--tracking-uri", default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else SQLite in the outputs)",
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_dir_arg(study)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the study stores")
-    _store_args(ui)
+    _store_args(ui, optuna=False)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)
 
@@ -251,13 +252,14 @@ def _report(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from harness.study import open_stores
+    from harness.study import resolve_output_dir
+    from harness.tracking import default_tracking_uri
 
-    stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
+    tracking_uri = args.tracking_uri or default_tracking_uri(resolve_output_dir(args.output_dir))
     url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {stores.tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI on {tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
     command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stores.tracking_uri,
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--host", args.host, "--port", str(args.port), "--workers", "1",
     ]  # fmt: skip
     return subprocess.call(command)

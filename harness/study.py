@@ -30,7 +30,13 @@ from optuna.trial import TrialState
 
 from harness import data
 from harness.config import INT_KEYS, Choices, StudyConfig
-from harness.tracking import RunLogger, default_tracking_uri, experiment_id, git_commit
+from harness.tracking import (
+    RunLogger,
+    default_tracking_uri,
+    experiment_id,
+    git_commit,
+    use_wal,
+)
 from harness.train import Event, StopRun, resolve_device, train
 
 STALE_SECONDS = 120.0  # a RUNNING trial whose worker has not reported for this long is dead
@@ -64,11 +70,16 @@ class Stores:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def resolve_output_dir(output_dir: Path | None = None) -> Path:
+    """The embedded stores' folder: the flag, else $HARNESS_OUTPUT_DIR, else ./outputs."""
+    return Path(output_dir or os.environ.get("HARNESS_OUTPUT_DIR", "outputs"))
+
+
 def open_stores(
     output_dir: Path | None = None, storage: str | None = None, tracking_uri: str | None = None
 ) -> Stores:
     """Embedded stores under `output_dir` unless URLs (or $HARNESS_STORAGE) are given."""
-    output_dir = Path(output_dir or os.environ.get("HARNESS_OUTPUT_DIR", "outputs"))
+    output_dir = resolve_output_dir(output_dir)
     storage = storage or os.environ.get("HARNESS_STORAGE")
     artifact_root = None
     if tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ:
@@ -342,6 +353,7 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
     with stores.setup_lock():
         client = MlflowClient(stores.tracking_uri)
         client.search_experiments(max_results=1)  # creates the tables of a new database
+        use_wal(stores.tracking_uri)
         experiment = experiment_id(client, config.name, stores.artifact_root)
         study = open_study(config, stores)
         stale = fail_stale_trials(study, client)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -46,6 +47,14 @@ def default_tracking_uri(output_dir: Path) -> str:
         return uri
     output_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def use_wal(tracking_uri: str) -> None:
+    """Put an SQLite tracking database in write-ahead-log mode (a setting kept in the file):
+    the UI and report readers then do not block the workers' writes, nor they them."""
+    if tracking_uri.startswith("sqlite:///"):
+        with sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=30) as db:
+            db.execute("PRAGMA journal_mode=WAL")
 
 
 def git_commit() -> str:
