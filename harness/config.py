@@ -180,6 +180,7 @@ class StudyConfig(BaseModel):
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range | Choices] = Field(min_length=1)
     sampler: Literal["grid", "tpe", "random", "qmc"] = "grid"
+    sampler_seed: int | None = Field(None, ge=0, description="seed of a search's sampler")
     n_trials: int | None = Field(None, ge=1)
     seeds: int | list[int] = 1
     objective: Objective = Objective()

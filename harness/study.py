@@ -104,11 +104,12 @@ def _redact(url: str) -> str:
 
 
 def _sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
+    seed = study.sampler_seed
     if study.sampler == "tpe":
-        return optuna.samplers.TPESampler(n_startup_trials=min(10, study.n_trials or 10))
+        return optuna.samplers.TPESampler(n_startup_trials=min(10, study.n_trials or 10), seed=seed)
     if study.sampler == "qmc":
-        return optuna.samplers.QMCSampler()
-    return optuna.samplers.RandomSampler()  # grid points come from the queue, not the sampler
+        return optuna.samplers.QMCSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # a grid's points come from the queue
 
 
 def _pruner(study: StudyConfig) -> optuna.pruners.BasePruner:

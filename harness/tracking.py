@@ -77,6 +77,8 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
     """The experiment of a study, created on first use."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":  # deleted in the UI, and the study rerun
+            client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
     location = (artifact_root / name).resolve().as_uri() if artifact_root else None
     try:
