@@ -6,6 +6,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from pypdf import PdfReader
@@ -123,3 +124,18 @@ def test_report_cli_on_a_study_that_never_ran(tmp_path, capsys):
     body = (tmp_path / "reports" / "never" / "index.html").read_text()
     assert "No finished runs yet." in body and "nothing has run" in body
     assert len(PdfReader(tmp_path / "reports" / "never" / "report.pdf").pages) == 1
+
+
+def test_report_shows_only_the_runs_of_the_current_study(tmp_path, mnist_dir):
+    path = write_study(tmp_path, "again", space={"beta": [0.9]})
+    config = load_study(str(path))
+    stores = open_stores(tmp_path / "out")
+    run_study(config, stores, mnist_dir, progress=False)
+    optuna.delete_study(study_name="again", storage=stores.storage)  # start over in Optuna
+    run_study(config, stores, mnist_dir, progress=False)
+    client = MlflowClient(stores.tracking_uri)
+    experiment = client.get_experiment_by_name("again")
+    assert len(client.search_runs([experiment.experiment_id])) == 2
+    page = build_report(config, stores, tmp_path / "reports" / "again")
+    assert "1 finished" in page.read_text()
+    assert [row[1] for row in _table(page)[1:]] == ["1"]

@@ -61,6 +61,13 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
     experiment = client.get_experiment_by_name(config.name)
     records, curves = [], []
     runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
+    if study is not None:  # only the runs this study's trials link to (not an older study's)
+        linked = {
+            run_id
+            for trial in study.get_trials(deepcopy=False)
+            for run_id in trial.user_attrs.get("mlflow_run_ids", [])
+        }
+        runs = [run for run in runs if run.info.run_id in linked]
     keys = list(config.space)
     for run in runs:
         tags, params = run.data.tags, run.data.params
