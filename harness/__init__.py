@@ -1,3 +1,5 @@
 """Benchmark harness for spiking neural networks (the snnTorch tutorial-5 network)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("harness")  # one source: pyproject.toml

@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,15 +41,6 @@ class CaseResult:
     ratio: float
     epoch_seconds: dict[str, float]
     peak_memory_mb: dict[str, float]
-
-    def as_dict(self) -> dict:
-        return {
-            "settings": self.settings,
-            "ms_per_iteration": self.ms_per_iteration,
-            "ratio": self.ratio,
-            "epoch_seconds": self.epoch_seconds,
-            "peak_memory_mb": self.peak_memory_mb,
-        }
 
 
 def _sync(device: torch.device) -> None:
@@ -211,7 +202,7 @@ def bench(
         "threads": torch.get_num_threads(),
         "iterations": iterations,
         "warmup": warmup,
-        "cases": [r.as_dict() for r in results],
+        "cases": [asdict(r) for r in results],
         "ratio": results[0].ratio,
     }
     if with_scaling:

@@ -139,7 +139,7 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     return study
 
 
-def _key(params: dict[str, Any]) -> str:
+def grid_key(params: dict[str, Any]) -> str:
     """A grid point's identity, kept as the trial's user attribute `grid_point`."""
     return json.dumps(params, sort_keys=True)
 
@@ -177,13 +177,26 @@ def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> list[int]:
     return failed
 
 
-def _covered(trial: optuna.trial.FrozenTrial) -> bool:
-    """Does this trial account for its grid point (done, being done, or queued)?"""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-        return True
-    if trial.state == TrialState.WAITING:
+def point_done(trial: optuna.trial.FrozenTrial) -> bool:
+    """Has this trial settled its grid point (complete, pruned, or diverged: a result too)?"""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get(OUTCOME) == "diverged"
+
+
+def _covered(trial: optuna.trial.FrozenTrial) -> bool:
+    """Does this trial account for its grid point (done, being done, or queued)?"""
+    return point_done(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards a search's n_trials (not the ones a worker skipped)."""
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=ended)
+        if t.user_attrs.get(OUTCOME) != "skipped"
+    ]
 
 
 def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
@@ -191,9 +204,9 @@ def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
     covered = {
         t.user_attrs.get("grid_point") for t in study.get_trials(deepcopy=False) if _covered(t)
     }
-    todo = [point for point in config.grid() if _key(point) not in covered]
+    todo = [point for point in config.grid() if grid_key(point) not in covered]
     for point in todo:
-        study.enqueue_trial(point, user_attrs={"grid_point": _key(point)})
+        study.enqueue_trial(point, user_attrs={"grid_point": grid_key(point)})
     return len(todo)
 
 
@@ -233,12 +246,7 @@ def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None
             study.tell(trial, state=TrialState.FAIL)
             return _next_trial(study, config)
         return trial
-    finished = study.get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    )
-    if len([t for t in finished if t.user_attrs.get(OUTCOME) != "skipped"]) >= (
-        config.n_trials or 0
-    ):
+    if len(finished_trials(study)) >= (config.n_trials or 0):
         return None
     return study.ask()
 

@@ -61,5 +61,6 @@ def mnist_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _cpu_threads() -> None:
+def _seeded() -> None:
+    """Every test starts from the same torch random state."""
     torch.manual_seed(0)

@@ -6,7 +6,6 @@ and what is still missing come from Optuna. Nothing is recomputed from training.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +18,7 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from harness.config import StudyConfig
-from harness.study import OUTCOME
+from harness.study import finished_trials, grid_key, point_done
 
 METRICS = (
     "test_accuracy",
@@ -44,7 +43,7 @@ class StudyData:
 
     @property
     def varied(self) -> list[str]:
-        """Parameters that take more than one value among the runs (or in the space)."""
+        """Parameters of the space that take more than one value among the runs."""
         return [p for p in self.config.space if p in self.runs and self.runs[p].nunique() > 1]
 
 
@@ -125,24 +124,14 @@ def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame
         notes.append(f"{len(running)} trial(s) still running: {[t.number for t in running]}")
     keys = list(config.space)
     if config.sampler == "grid":
-        done = {
-            json.dumps(t.params, sort_keys=True)
-            for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-            or t.user_attrs.get(OUTCOME) == "diverged"
-        }
-        todo = [p for p in config.grid() if json.dumps(p, sort_keys=True) not in done]
+        done = {t.user_attrs.get("grid_point") for t in trials if point_done(t)}
+        todo = [p for p in config.grid() if grid_key(p) not in done]
         if todo:
             shown = "; ".join(_label(p, keys) for p in todo[:12])
             more = f" and {len(todo) - 12} more" if len(todo) > 12 else ""
             notes.append(f"{len(todo)} of {len(config.grid())} grid points not done: {shown}{more}")
     else:
-        finished = [
-            t
-            for t in trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-            and t.user_attrs.get(OUTCOME) != "skipped"
-        ]
+        finished = finished_trials(study)
         if len(finished) < (config.n_trials or 0):
             notes.append(f"{len(finished)} of {config.n_trials} trials finished")
     if not runs.empty:
