@@ -262,7 +262,33 @@ def _ui(args: argparse.Namespace) -> int:
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--host", args.host, "--port", str(args.port), "--workers", "1",
     ]  # fmt: skip
-    return subprocess.call(command)
+    # `mlflow server` runs uvicorn as a child and does not pass signals on: give the server a
+    # process group of its own and end the whole group, so stopping the UI leaves nothing.
+    server = subprocess.Popen(command, start_new_session=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return server.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_process_group(server)
+
+
+def stop_process_group(process) -> None:
+    """SIGTERM a process's group (its own session), then SIGKILL whatever is left."""
+    import os
+    import subprocess
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)  # the group outlives its leader if a child lingers
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            continue
+        time.sleep(0.5)  # let the children take the signal too
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from harness.cli import stop_process_group
 from harness.config import make_run_config
 from harness.model import load_weights
 from harness.study import open_stores
@@ -94,7 +95,7 @@ def mlflow_server(postgres, tmp_path_factory):
          "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=open(artifacts / "server.log", "w"),  # noqa: SIM115
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -108,9 +109,10 @@ def mlflow_server(postgres, tmp_path_factory):
         log = (artifacts / "server.log").read_text()[-3000:]
         assert server.poll() is None and time.monotonic() < deadline, log
         time.sleep(1)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        stop_process_group(server)  # the server's uvicorn child too
 
 
 def test_two_workers_on_postgresql_and_an_mlflow_server(

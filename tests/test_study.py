@@ -205,7 +205,9 @@ def test_ui_serves_the_runs_of_the_embedded_store(tmp_path, mnist_dir):
         assert runs[0]["info"]["status"] == "FINISHED"
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+    with pytest.raises(OSError):  # stopping the UI stopped the server it started
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
 def _free_port() -> int:
