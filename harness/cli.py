@@ -168,7 +168,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _study(args: argparse.Namespace) -> int:
     from harness.config import load_study
-    from harness.study import format_table, open_stores, prepare_study, run_study
+    from harness.stores import open_stores
+    from harness.study import format_table, prepare_study, run_study
 
     config = load_study(args.name)
     if args.max_trials is not None and args.max_trials < 1:
@@ -240,7 +241,7 @@ def _overhead(study, wall: float, workers: int) -> str:
 def _report(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.report import build_report
-    from harness.study import open_stores
+    from harness.stores import open_stores
 
     config = load_study(args.name)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
@@ -252,8 +253,7 @@ def _report(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from harness.study import resolve_output_dir
-    from harness.tracking import default_tracking_uri
+    from harness.stores import default_tracking_uri, resolve_output_dir
 
     tracking_uri = args.tracking_uri or default_tracking_uri(resolve_output_dir(args.output_dir))
     url = f"http://{args.host}:{args.port}"

@@ -10,17 +10,12 @@ a trial whose worker died is marked FAIL (its MLflow runs KILLED) and its point 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-import re
 import socket
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,77 +25,14 @@ from optuna.trial import TrialState
 
 from harness import data
 from harness.config import INT_KEYS, Choices, StudyConfig
-from harness.tracking import (
-    RunLogger,
-    default_tracking_uri,
-    experiment_id,
-    git_commit,
-    use_wal,
-)
+from harness.stores import Stores
+from harness.tracking import RunLogger, experiment_id, git_commit
 from harness.train import Event, StopRun, resolve_device, train
 
 STALE_SECONDS = 120.0  # a RUNNING trial whose worker has not reported for this long is dead
 HEARTBEAT_SECONDS = 20.0
 PRUNE_PROXY = {"test_loss": "test_loss"}  # accuracies are estimated on the test batch
 OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
-
-
-@dataclass(frozen=True)
-class Stores:
-    """Where a study lives: Optuna's storage and MLflow's tracking server or database."""
-
-    storage: Any  # a URL, or an Optuna storage object
-    tracking_uri: str
-    artifact_root: Path | None
-    description: str
-    lock_file: Path | None = None  # serialises set-up of the embedded stores between workers
-
-    @contextmanager
-    def setup_lock(self) -> Iterator[None]:
-        """Hold an exclusive lock while creating tables, experiments and the grid queue, so
-        workers started together on one machine do not race (a no-op for servers)."""
-        if self.lock_file is None:
-            yield
-            return
-        with open(self.lock_file, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def resolve_output_dir(output_dir: Path | None = None) -> Path:
-    """The embedded stores' folder: the flag, else $HARNESS_OUTPUT_DIR, else ./outputs."""
-    return Path(output_dir or os.environ.get("HARNESS_OUTPUT_DIR", "outputs"))
-
-
-def open_stores(
-    output_dir: Path | None = None, storage: str | None = None, tracking_uri: str | None = None
-) -> Stores:
-    """Embedded stores under `output_dir` unless URLs (or $HARNESS_STORAGE) are given."""
-    output_dir = resolve_output_dir(output_dir)
-    storage = storage or os.environ.get("HARNESS_STORAGE")
-    artifact_root = None
-    if tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ:
-        artifact_root = output_dir / "mlartifacts"
-    tracking_uri = tracking_uri or default_tracking_uri(output_dir)
-    lock = output_dir / ".setup.lock" if artifact_root or not storage else None
-    if lock is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if storage:
-        return Stores(storage, tracking_uri, artifact_root, f"optuna {_redact(storage)}", lock)
-    journal = output_dir / "optuna.journal"
-    backend = optuna.storages.journal.JournalFileBackend(str(journal))
-    return Stores(
-        optuna.storages.JournalStorage(backend), tracking_uri, artifact_root,
-        f"optuna {journal}", lock,
-    )  # fmt: skip
-
-
-def _redact(url: str) -> str:
-    """A storage URL without its password, for printing."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def _sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -360,9 +292,8 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
     """Create or load the experiment and the study, fail trials whose worker died, and
     queue the grid points nobody covers; under the set-up lock of the embedded stores."""
     with stores.setup_lock():
+        stores.create_tracking_tables()
         client = MlflowClient(stores.tracking_uri)
-        client.search_experiments(max_results=1)  # creates the tables of a new database
-        use_wal(stores.tracking_uri)
         experiment = experiment_id(client, config.name, stores.artifact_root)
         study = open_study(config, stores)
         stale = fail_stale_trials(study, client)

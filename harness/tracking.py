@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -38,23 +37,6 @@ from harness.train import Event, RunResult  # noqa: E402
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress
 RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED"}
-
-
-def default_tracking_uri(output_dir: Path) -> str:
-    """$MLFLOW_TRACKING_URI, else an SQLite database under the output folder."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
-
-
-def use_wal(tracking_uri: str) -> None:
-    """Put an SQLite tracking database in write-ahead-log mode (a setting kept in the file):
-    the UI and report readers then do not block the workers' writes, nor they them."""
-    if tracking_uri.startswith("sqlite:///"):
-        with sqlite3.connect(tracking_uri.removeprefix("sqlite:///"), timeout=30) as db:
-            db.execute("PRAGMA journal_mode=WAL")
 
 
 def git_commit() -> str:

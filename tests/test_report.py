@@ -14,7 +14,8 @@ from pypdf import PdfReader
 from harness.cli import main
 from harness.config import load_study
 from harness.report import build_report
-from harness.study import open_stores, run_study
+from harness.stores import open_stores
+from harness.study import run_study
 from tests.test_study import write_study
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from harness.cli import stop_process_group
 from harness.config import make_run_config
 from harness.model import load_weights
-from harness.study import open_stores
+from harness.stores import open_stores
 from tests.test_study import _free_port, run_cli, write_study
 
 GRID = {"beta": [0.7, 0.8, 0.9], "decoding": ["rate", "latency"]}

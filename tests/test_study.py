@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 from harness.config import ConfigError, load_study
-from harness.study import open_stores
+from harness.stores import open_stores
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from harness import __version__
 from harness.config import StudyConfig
 from harness.report import aggregate, figures
-from harness.study import Stores
+from harness.stores import Stores
 
 TABLE_METRICS = (
     ("test_accuracy", "test accuracy", 4),
