@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import ConfigError, load_run_config
+from harness.config import ConfigError, check_store_urls, load_run_config
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,6 +23,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _port(text: str) -> int:
+    """argparse type of --port: a TCP port number."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {text!r}")
+    return port
 
 
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="start the MLflow UI on the study stores")
     _store_args(ui, optuna=False)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000, help="TCP port, 1..65535 (default 5000)")
 
     report = commands.add_parser("report", help="write a study's HTML and PDF report")
     report.add_argument("name", help="a study in studies/ or a YAML path")
@@ -105,16 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harness import data
-    from harness.train import resolve_device, train
+    from harness import data, interrupt
+    from harness.train import StopRun, resolve_device, train
 
     config = load_run_config(args.config, args.overrides)
+    interrupt.install()
     device = resolve_device(config.device)
     dataset = data.load(
         args.data_dir, device, config.train_subset, config.test_subset,
         config.subset_sampling, config.seed,
     )  # fmt: skip
-    result = train(config, dataset, progress=sys.stderr.isatty())
+    interrupt.check()
+
+    def stop_check() -> None:
+        if interrupt.received() is not None:
+            raise StopRun("interrupted", f"stopped by {signal.Signals(interrupt.received()).name}")
+
+    result = train(config, dataset, progress=sys.stderr.isatty(), stop_check=stop_check)
+    interrupt.check()
     summary = result.summary()
     m = result.metrics
     print(
@@ -162,27 +181,26 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _study(args: argparse.Namespace) -> int:
+    from harness import interrupt
     from harness.config import load_study
     from harness.stores import open_stores
     from harness.study import format_table, prepare_study, run_study
 
+    check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
     if args.max_trials is not None and args.max_trials < 1:
         raise ConfigError("--max-trials must be >= 1")
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
+    interrupt.install()  # a stop signal ends the running trial cleanly, then the study
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
-    signal.signal(signal.SIGTERM, _interrupt)  # end the running trial cleanly, as on Ctrl-C
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)
     if args.workers > 1:
         _, _, study = prepare_study(config, stores)  # once, before the workers race for it
         codes = _run_workers(args)
+        interrupt.check()
         if any(codes):
             print(f"error: workers ended with exit codes {codes}", file=sys.stderr)
             return 1
@@ -210,17 +228,21 @@ def _run_workers(args: argparse.Namespace) -> list[int]:
     ):  # fmt: skip
         if value is not None:
             command += [flag, str(value)]
+    from harness import interrupt
+
     threads = str(max(1, (os.cpu_count() or 1) // args.workers))  # share the cores
     env = {**os.environ, "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
     workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
-    try:
-        return [worker.wait() for worker in workers]
-    except KeyboardInterrupt:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait()
-        raise
+    forwarded = False
+    while any(worker.poll() is None for worker in workers):
+        signum = interrupt.received()
+        if signum is not None and not forwarded:  # each worker ends its trial cleanly
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signum)
+            forwarded = True
+        time.sleep(0.2)
+    return [worker.returncode for worker in workers]
 
 
 def _overhead(study, wall: float, workers: int) -> str:
@@ -243,18 +265,26 @@ def _report(args: argparse.Namespace) -> int:
     from harness.report import build_report
     from harness.stores import open_stores
 
+    check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
-    stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
+    stores = open_stores(args.output_dir, args.storage, args.tracking_uri, read_only=True)
     page = build_report(config, stores, args.reports_dir / config.name)
     print(f"report: {page} and {page.with_name('report.pdf')}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
+    import os
     import subprocess
 
+    from harness import interrupt
     from harness.stores import default_tracking_uri, resolve_output_dir
 
+    check_store_urls(None, args.tracking_uri, optuna=False)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     tracking_uri = args.tracking_uri or default_tracking_uri(resolve_output_dir(args.output_dir))
     url = f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
@@ -262,16 +292,54 @@ def _ui(args: argparse.Namespace) -> int:
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
         "--host", args.host, "--port", str(args.port), "--workers", "1",
     ]  # fmt: skip
+    # MLflow 3.17 otherwise starts seven job-consumer processes (~285 MiB each) for features
+    # the harness never uses.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # A stop signal (SIGHUP: its terminal closed) is only recorded; the loop below acts on it,
+    # so it never lands half-way through starting or stopping the server.
+    interrupt.install()
     # `mlflow server` runs uvicorn as a child and does not pass signals on: give the server a
     # process group of its own and end the whole group, so stopping the UI leaves nothing.
-    server = subprocess.Popen(command, start_new_session=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    server = subprocess.Popen(command, start_new_session=True, env=env)
     try:
-        return server.wait()
-    except KeyboardInterrupt:
-        return 0
+        while interrupt.received() is None:
+            try:
+                code = server.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            print(
+                f"error: the MLflow server on {url} stopped by itself with exit code {code} "
+                "(its messages are above)", file=sys.stderr,
+            )  # fmt: skip
+            return code if code > 0 else 128 - code if code < 0 else 1
     finally:
         stop_process_group(server)
+    interrupt.check()
+    return 0
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on host:port (in use, say), or None if it can."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as err:
+        raise ConfigError(f"--host: cannot resolve {host!r} ({err.strerror})") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is in use (stop what holds it or pick another --port)"
+                )
+            return f"cannot listen on {host}:{port}: {err.strerror}"
+    return None
 
 
 def stop_process_group(process) -> None:
@@ -302,7 +370,8 @@ def _data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    from harness.data import DataError
+    from harness.errors import DataError, StoreError
+    from harness.interrupt import Interrupted
 
     try:
         args = build_parser().parse_args(argv)
@@ -317,9 +386,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except DataError as err:
+    except (DataError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except Interrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        from harness.stores import store_failure
+
+        reason = store_failure(err)
+        if reason is None:
+            raise
+        print(f"error: {reason}", file=sys.stderr)
+        return 1

@@ -6,27 +6,51 @@ The defaults are the seed's settings (snnTorch tutorial 5). Every problem with a
 
 from __future__ import annotations
 
+import os
+import re
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from harness.errors import ConfigError
 
 SURROGATE_DEFAULT_SLOPE = {"atan": 2.0, "fast_sigmoid": 25.0}
+MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
+MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and gradients
+# MNIST's training split has this many images: data.py serves them, and its MD5s pin them.
+# The number lives here, not in data.py, because config.py must not import torch (data.py
+# does): bad input is refused in a fraction of a second, before anything heavy loads.
+MNIST_TRAIN_IMAGES = 60_000
 
 
-class ConfigError(ValueError):
-    """An invalid config, study file or command-line setting (one line, names the key)."""
+def _is_numeric(annotation: Any) -> bool:
+    """int, float, or an optional one (`int | None`), as the schema declares the field."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(members) and all(_is_numeric(a) for a in members)
+    return annotation in (int, float)
 
 
 class RunConfig(BaseModel):
     """Everything that decides what one training run computes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     beta: float = Field(0.95, gt=0.0, le=1.0, description="membrane decay per step, in (0, 1]")
     num_steps: int = Field(25, ge=1, le=10_000, description="time steps per sample")
-    hidden: int = Field(1000, ge=1, description="hidden LIF neurons")
+    hidden: int = Field(1000, ge=1, le=MAX_HIDDEN, description="hidden LIF neurons")
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
     surrogate: Literal["atan", "fast_sigmoid"] = "atan"
     slope: float | None = Field(
@@ -36,7 +60,7 @@ class RunConfig(BaseModel):
     lr: float = Field(5e-4, gt=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(1, ge=1)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"
     backend: Literal["fused", "reference"] = "fused"
     eval_every: int = Field(25, ge=1, description="iterations between test-batch losses")
@@ -44,6 +68,28 @@ class RunConfig(BaseModel):
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
     save_model: bool = Field(False, description="keep the trained weights (MLflow artifact)")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true as 1: `hidden: [true]` would train 1 neuron.
+        if isinstance(value, bool) and _is_numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
+
+    @model_validator(mode="after")
+    def _batch_fits_the_train_images(self) -> RunConfig:
+        images = min(self.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+        if self.batch_size > images:
+            what = (
+                f"train_subset {self.train_subset}"
+                if images == self.train_subset
+                else f"MNIST's {MNIST_TRAIN_IMAGES} training images"
+            )
+            raise ValueError(
+                f"batch_size {self.batch_size} is larger than {what} (allowed: 1..{images})"
+            )
+        return self
 
     @field_validator("device")
     @classmethod
@@ -66,6 +112,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         allowed = ", ".join(RunConfig.model_fields)
         return f"{source}: unknown key '{key}' (allowed: {allowed})"
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across keys (model_validator): its message names them
+        return f"{source}: {message}"
     return f"{source}: invalid value for '{key}': {message} (got {first.get('input')!r})"
 
 
@@ -85,7 +133,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set: expected key=value, got {pair!r}")
         try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            values[key.strip()] = yaml.load(raw, _UniqueKeyLoader) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(
                 f"--set: cannot parse the value of '{key.strip()}': {raw!r}"
@@ -93,12 +141,44 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"duplicate key {key!r} (line {line})")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (the
+    plain loader keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the safe loader refuses it itself
+                    continue
+                if duplicate:
+                    raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping from a file, with one-line errors."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), _UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except _DuplicateKeyError as err:
+        raise ConfigError(
+            f"{path}: key {str(err.key)!r} appears twice in one mapping (again on line "
+            f"{err.line}); give each key once"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -132,6 +212,10 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 SAMPLERS = ("grid", "tpe", "random", "qmc")
 PRUNERS = ("none", "median", "hyperband")
 OBJECTIVE_METRICS = ("test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss")
+# The runs of one study share the data, loaded once onto one device: neither can vary.
+FIXED_KEYS = ("seed", "device")
+MAX_SEEDS = 1000  # seeds per configuration
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # a plain folder name: never "." or ".."
 INT_KEYS = {name for name, f in RunConfig.model_fields.items() if f.annotation in (int, "int")}
 FLOAT_KEYS = {
     name for name, f in RunConfig.model_fields.items() if f.annotation in (float, float | None)
@@ -141,11 +225,18 @@ FLOAT_KEYS = {
 class Range(BaseModel):
     """A numeric range for searches: low/high, optionally log-scaled or stepped."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     low: float
     high: float
     log: bool = False
     step: float | None = Field(None, gt=0)
+
+    @field_validator("low", "high", "step", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true/false")
+        return value
 
 
 class Choices(BaseModel):
@@ -175,16 +266,26 @@ class StudyConfig(BaseModel):
     """A study file, validated: base run settings, the space, the sampler and the seeds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    name: str = Field(max_length=100, description="also its reports/ folder and store name")
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range | Choices] = Field(min_length=1)
     sampler: Literal["grid", "tpe", "random", "qmc"] = "grid"
     sampler_seed: int | None = Field(None, ge=0, description="seed of a search's sampler")
     n_trials: int | None = Field(None, ge=1)
-    seeds: int | list[int] = 1
+    seeds: StrictInt | list[StrictInt] = 1
     objective: Objective = Objective()
     pruner: Pruner = Pruner()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, value):
+            raise ValueError(
+                "must be a plain folder name: a letter, digit or '_' first, then letters, "
+                f"digits, '_', '.' or '-' (pattern {NAME_PATTERN})"
+            )
+        return value
 
     @property
     def seed_list(self) -> list[int]:
@@ -202,9 +303,9 @@ class StudyConfig(BaseModel):
             points = [{**point, key: value} for point in points for value in options]
         return points
 
-    def run_config(self, params: dict[str, Any], seed: int) -> RunConfig:
+    def run_config(self, params: dict[str, Any], seed: int, source: str = "config") -> RunConfig:
         """The run config of one configuration and seed: base, then params, then the seed."""
-        return make_run_config({**self.base, **params, "seed": seed})
+        return make_run_config({**self.base, **params, "seed": seed}, source)
 
 
 def _check_study(study: StudyConfig, source: str) -> StudyConfig:
@@ -212,18 +313,28 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
     reads `1e-4` as a string)."""
     base = make_run_config(study.base, f"{source}: base")
     space: dict[str, Any] = {}
-    if isinstance(study.seeds, int) and study.seeds < 1:
-        raise ConfigError(f"{source}: invalid value for 'seeds': must be >= 1 or a list of seeds")
-    if isinstance(study.seeds, list) and (
-        not study.seeds or len(set(study.seeds)) != len(study.seeds)
-    ):
+    if isinstance(study.seeds, int) and not 1 <= study.seeds <= MAX_SEEDS:
         raise ConfigError(
-            f"{source}: invalid value for 'seeds': a non-empty list of distinct seeds"
+            f"{source}: invalid value for 'seeds': a count 1..{MAX_SEEDS} (seeds 0..count-1) "
+            f"or a list of seeds (got {study.seeds})"
         )
+    distinct = isinstance(study.seeds, int) or len(set(study.seeds)) == len(study.seeds)
+    if isinstance(study.seeds, list) and not (distinct and 1 <= len(study.seeds) <= MAX_SEEDS):
+        raise ConfigError(
+            f"{source}: invalid value for 'seeds': a non-empty list of at most {MAX_SEEDS} "
+            "distinct seeds"
+        )
+    for seed in study.seed_list:
+        make_run_config({**study.base, "seed": seed}, f"{source}: seeds")
+    allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)
     for key, values in study.space.items():
         where = f"{source}: space.{key}"
-        if key not in RunConfig.model_fields or key == "seed":
-            allowed = ", ".join(k for k in RunConfig.model_fields if k != "seed")
+        if key in FIXED_KEYS:
+            raise ConfigError(
+                f"{where}: the runs of a study share their data, loaded once on one device, "
+                f"so '{key}' cannot vary (allowed: {allowed})"
+            )
+        if key not in RunConfig.model_fields:
             raise ConfigError(f"{where}: not a run setting that can vary (allowed: {allowed})")
         if isinstance(values, list):
             if not values:
@@ -257,14 +368,27 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             f"{source}: pruner.interval {study.pruner.interval} must be a multiple of "
             f"eval_every ({base.eval_every})"
         )
-    return study.model_copy(update={"space": space})
+    checked = study.model_copy(update={"space": space})
+    if study.sampler == "grid":  # every run the study will train, before any store is opened
+        for point in checked.grid():
+            for seed in checked.seed_list:
+                checked.run_config(point, seed, f"{source}: grid point {point}, seed {seed}")
+    return checked
 
 
 def _format_study_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = errors[0]
+    if "list[any]" in first["loc"] and isinstance(first["input"], dict):
+        # A space entry written as a mapping: report what its own form (range or choices)
+        # found wrong, not that it is no list.
+        member = "Choices" if "choices" in first["input"] else "Range"
+        first = next((e for e in errors if member in e["loc"]), first)
     loc = [str(part) for part in first["loc"]]
     # pydantic reports a union member's name in the location; drop it for the reader.
-    loc = [part for part in loc if part not in {"list[any]", "Range", "Choices"}]
+    loc = [
+        part for part in loc if part not in {"list[any]", "Range", "Choices", "int", "list[int]"}
+    ]
     key = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
@@ -287,4 +411,68 @@ def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyC
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_study_error(err, str(path))) from None
+    if study.name != path.stem:  # the name keys the stores and reports/NAME: one name each
+        raise ConfigError(
+            f"{path}: name '{study.name}' differs from the file's name '{path.stem}' "
+            f"(they must be the same: rename the file or set name: {path.stem})"
+        )
     return _check_study(study, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Store URLs, checked before any store is opened (a bad one would otherwise fail deep inside
+# Optuna or MLflow with a long traceback, after the output folder was made).
+
+
+def _check_optuna_storage(url: str, source: str) -> None:
+    from sqlalchemy import dialects, exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()  # parses the URL and loads the dialect, connects to nothing
+    except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as err:
+        scheme = url.partition("://")[0] if "://" in url else url  # the password stays unsaid
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"{source}: '{scheme}' is not an Optuna storage ({reason}; allowed: SQLAlchemy URLs "
+            f"DIALECT[+DRIVER]://..., DIALECT one of {', '.join(dialects.__all__)}, "
+            "e.g. postgresql://user@host/db or sqlite:///path.db)"
+        ) from None
+
+
+def _check_tracking_uri(uri: str, source: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    from mlflow.utils.uri import get_uri_scheme
+
+    # MLflow's own table of tracking stores ("" is a plain path); Unity Catalog's entries
+    # only raise "not supported".
+    schemes = [s for s in _tracking_store_registry._registry if s not in ("uc", "databricks-uc")]
+    try:
+        scheme = uri if uri == "databricks" else get_uri_scheme(uri)
+    except MlflowException:  # e.g. postgresqlx://: a database MLflow does not know
+        scheme = None
+    if scheme not in schemes:
+        shown = uri.partition("://")[0] if "://" in uri else uri  # the password stays unsaid
+        names = ", ".join("a plain path" if s == "" else f"{s}:" for s in schemes)
+        raise ConfigError(
+            f"{source}: '{shown}' is not an MLflow tracking URI (allowed: {names}; "
+            "databases as DIALECT[+DRIVER]://...)"
+        )
+
+
+def check_store_urls(
+    storage: str | None = None, tracking_uri: str | None = None, *, optuna: bool = True
+) -> None:
+    """Refuse an Optuna storage or MLflow tracking URI that cannot work, from the flags or,
+    when a flag is absent, the environment ($HARNESS_STORAGE, $MLFLOW_TRACKING_URI), as
+    stores.open_stores would take them. `optuna=False`: the command has no Optuna storage."""
+    if optuna:
+        source = "--storage" if storage else "$HARNESS_STORAGE"
+        storage = storage or os.environ.get("HARNESS_STORAGE")
+        if storage:
+            _check_optuna_storage(storage, source)
+    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        _check_tracking_uri(tracking_uri, source)

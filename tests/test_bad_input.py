@@ -5,12 +5,13 @@ import json
 import string
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
-from harness.config import ConfigError, RunConfig, StudyConfig, load_study
+from harness.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study
 
 FIELDS = [name for name in RunConfig.model_fields if name != "save_model"]
 SETTINGS = settings(
@@ -151,3 +152,153 @@ def test_unknown_flags_are_refused(flag, command, tmp_path, capsys):
         [*command.split(), flag, "1", "--output-dir" if "study" in command else "-x", str(out)]
     )
     assert_refused(code, capsys, out)
+
+
+# Refused at load time, each with the one line that names what is wrong and what is allowed.
+
+GRID = {"space": {"beta": [0.9]}}
+REFUSED_STUDIES = [
+    # name: a plain folder name, the file's own (reports/NAME is deleted and rewritten)
+    ("..", {"name": "..", **GRID}, "plain folder name"),
+    ("dot", {"name": ".", **GRID}, "plain folder name"),
+    ("hidden", {"name": ".hidden", **GRID}, "plain folder name"),
+    ("a", {"name": "b", **GRID}, "name 'b' differs from the file's name 'a'"),
+    # seeds within 0..2**32-1, each one
+    ("big", {"name": "big", **GRID, "seeds": [99999999999999999999]}, "4294967295"),
+    ("neg", {"name": "neg", **GRID, "seeds": [-1]}, "'seed'"),
+    ("many", {"name": "many", **GRID, "seeds": 10**12}, "'seeds'"),
+    ("boolseeds", {"name": "boolseeds", **GRID, "seeds": True}, "'seeds'"),
+    # sizes
+    ("huge", {"name": "huge", "space": {"hidden": [1_000_000_000]}}, "100000"),
+    (
+        "combo",
+        {
+            "name": "combo", "base": {"batch_size": 32},
+            "space": {"batch_size": [32, 640], "train_subset": [640, 100]},
+        },
+        "grid point {'batch_size': 640, 'train_subset': 100}",
+    ),
+    ("bigbatch", {"name": "bigbatch", "base": {"batch_size": 60_001}, **GRID}, "60000"),
+    # what the runs of a study share
+    ("device", {"name": "device", "space": {"device": ["cpu", "cuda"]}}, "cannot vary (allowed:"),
+    # booleans are not numbers
+    ("boolgrid", {"name": "boolgrid", "space": {"hidden": [True]}}, "not true/false"),
+    (
+        "boolrange",
+        {"name": "boolrange", "space": {"beta": {"low": True, "high": 0.9}},
+         "sampler": "tpe", "n_trials": 2},
+        "not true/false",
+    ),
+    # finite numbers only
+    ("infslope", {"name": "infslope", "base": {"slope": float("inf")}, **GRID}, "finite"),
+    ("nanthr", {"name": "nanthr", "space": {"threshold": [float("nan")]}}, "finite"),
+    (
+        "infrange",
+        {"name": "infrange", "space": {"beta": {"low": 0.5, "high": float("inf")}},
+         "sampler": "tpe", "n_trials": 2},
+        "space.beta.high': Input should be a finite number",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stem", "body", "fragment"), REFUSED_STUDIES)
+def test_study_files_are_refused_before_the_stores(stem, body, fragment, tmp_path, capsys):
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    out = tmp_path / "out"
+    for command in ("study", "report"):
+        err = assert_refused(main([command, str(path), "--output-dir", str(out)]), capsys, out)
+        assert fragment in err and str(path) in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("seed=18446744073709551615", "less than or equal to 4294967295"),
+        ("seed=4294967296", "'seed'"),
+        ("hidden=1000000000", "less than or equal to 100000"),
+        ("hidden=true", "not true/false"),
+        ("lr=false", "not true/false"),
+        ("train_subset=true", "not true/false"),
+        ("slope=.inf", "finite number"),
+        ("threshold=.inf", "finite number"),
+        ("threshold=.nan", "finite number"),
+        ("batch_size=60001", "larger than MNIST's 60000 training images (allowed: 1..60000)"),
+    ],
+)
+def test_out_of_range_settings_are_refused(setting, fragment, tmp_path, capsys):
+    data = tmp_path / "data"
+    err = assert_refused(main(["train", "--set", setting, "--data-dir", str(data)]), capsys, data)
+    assert fragment in err
+
+
+def test_a_batch_larger_than_the_train_subset_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    code = main(["train", "--set", "train_subset=100", "--set", "batch_size=128", "--data-dir",
+                 str(data)])  # fmt: skip
+    err = assert_refused(code, capsys, data)
+    assert "batch_size 128 is larger than train_subset 100 (allowed: 1..100)" in err
+
+
+def test_a_run_file_with_a_boolean_or_inf_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    for text, fragment in (("hidden: true\n", "not true/false"), ("slope: .inf\n", "finite")):
+        path = tmp_path / "run.yaml"
+        path.write_text(text)
+        err = assert_refused(main(["train", "--config", str(path), "--data-dir", str(data)]),
+                             capsys, data)  # fmt: skip
+        assert fragment in err
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("name: dup\nspace:\n  beta: [0.5]\n  beta: [0.9]\n", "beta", 4),
+        ("name: dup\nbase: {hidden: 10}\nspace: {beta: [0.5]}\nbase: {hidden: 20}\n", "base", 4),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_its_line(text, key, line, tmp_path, capsys):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    out = tmp_path / "out"
+    err = assert_refused(main(["study", str(path), "--output-dir", str(out)]), capsys, out)
+    assert f"key '{key}' appears twice" in err and f"line {line}" in err
+    err = assert_refused(
+        main(["train", "--config", str(path), "--data-dir", str(out)]), capsys, out
+    )
+    assert f"key '{key}' appears twice" in err
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("defaults: &d {beta: 0.5, hidden: 10}\nbase:\n  <<: *d\n  hidden: 20\n")
+    config = load_run_config(path)  # a merged key overridden is no duplicate
+    assert (config.beta, config.hidden) == (0.5, 20)
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "fragment"),
+    [
+        (["--storage", "bogus://x"], {}, "--storage: 'bogus' is not an Optuna storage"),
+        (["--storage", "postgresql+nodriver://u:secret@h/db"], {}, "allowed: SQLAlchemy URLs"),
+        (["--tracking-uri", "bogus://x"], {}, "--tracking-uri: 'bogus' is not an MLflow"),
+        ([], {"HARNESS_STORAGE": "bogus://x"}, "$HARNESS_STORAGE: 'bogus'"),
+        ([], {"MLFLOW_TRACKING_URI": "bogus://x"}, "$MLFLOW_TRACKING_URI: 'bogus'"),
+    ],
+)
+def test_unusable_store_urls_are_refused_before_the_stores(
+    flags, env, fragment, tmp_path, capsys, monkeypatch
+):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump({"name": "ok", **GRID}))
+    out = tmp_path / "out"
+    for command in ("study", "report"):
+        err = assert_refused(main([command, str(path), "--output-dir", str(out), *flags]),
+                             capsys, out)  # fmt: skip
+        assert fragment in err and "allowed" in err and "secret" not in err
+    if "MLFLOW_TRACKING_URI" in env or "--tracking-uri" in flags:
+        tracking = flags if flags else []
+        err = assert_refused(main(["ui", "--output-dir", str(out), *tracking]), capsys, out)
+        assert "is not an MLflow tracking URI (allowed: a plain path, file:" in err

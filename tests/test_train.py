@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -81,3 +82,27 @@ def test_cli_trains_on_real_mnist_and_prints_json_last(mnist_dir):
     assert summary["test_accuracy"] == summary["latency_accuracy"] > 0.5
     assert 0 < summary["rate_accuracy"] <= 1 and summary["test_loss"] > 0
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_loss_that_explodes_is_divergence_though_finite(mnist_dir):
+    command = [
+        sys.executable, "-m", "harness", "train", "--set", "lr=1e9", "--set", "train_subset=640",
+        "--set", "test_subset=300", "--set", "hidden=100", "--set", "num_steps=10",
+        "--set", "batch_size=32", "--data-dir", str(mnist_dir), "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # not finished
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "diverged" and "test_accuracy" not in summary
+    assert re.fullmatch(
+        r"train loss became \S+ at iteration \d+, over 1000x the first iteration's \S+",
+        summary["message"],
+    )
+
+
+@pytest.mark.parametrize(
+    "settings", [{}, {"slope": 500}, {"beta": 0.99}, {"decoding": "latency"}, {"lr": 1e-2}]
+)
+def test_ordinary_settings_are_not_taken_for_divergence(tiny_dataset, settings):
+    result = train(make_run_config({**SMALL, **settings}), tiny_dataset)
+    assert result.status == "finished", result.message

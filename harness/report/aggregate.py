@@ -18,7 +18,8 @@ from optuna.trial import TrialState
 from scipy import stats
 
 from harness.config import StudyConfig
-from harness.study import finished_trials, grid_key, point_done
+from harness.study import grid_key, settled, settled_run_ids, settled_trials
+from harness.tracking import search_all_runs
 
 METRICS = (
     "test_accuracy",
@@ -59,14 +60,12 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
     """Read runs and curves from MLflow and trial states from Optuna."""
     experiment = client.get_experiment_by_name(config.name)
     records, curves = [], []
-    runs = client.search_runs([experiment.experiment_id]) if experiment is not None else []
-    if study is not None:  # only the runs this study's trials link to (not an older study's)
-        linked = {
-            run_id
-            for trial in study.get_trials(deepcopy=False)
-            for run_id in trial.user_attrs.get("mlflow_run_ids", [])
-        }
-        runs = [run for run in runs if run.info.run_id in linked]
+    runs = search_all_runs(client, experiment.experiment_id) if experiment is not None else []
+    if study is not None:
+        # Only the runs of the trials that settled a configuration: not those of a trial that
+        # was killed or interrupted (its point ran again), nor an older study's of that name.
+        counted = settled_run_ids(study)
+        runs = [run for run in runs if run.info.run_id in counted]
     keys = list(config.space)
     for run in runs:
         tags, params = run.data.tags, run.data.params
@@ -105,7 +104,7 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
     curve_frame = pd.DataFrame.from_records(
         curves, columns=["run_id", "config", "seed", "metric", "iteration", "value"]
     )
-    return StudyData(config, study, frame, curve_frame, _missing(config, study, frame))
+    return StudyData(config, study, frame, curve_frame, _missing(config, study))
 
 
 def _typed(config: StudyConfig, key: str, raw: str) -> Any:
@@ -113,7 +112,7 @@ def _typed(config: StudyConfig, key: str, raw: str) -> Any:
     return getattr(config.run_config({key: yaml.safe_load(raw)}, 0), key)
 
 
-def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame) -> list[str]:
+def _missing(config: StudyConfig, study: optuna.Study | None) -> list[str]:
     """What the study has not produced yet, in words."""
     if study is None:
         return ["the Optuna study does not exist yet: nothing has run"]
@@ -124,20 +123,16 @@ def _missing(config: StudyConfig, study: optuna.Study | None, runs: pd.DataFrame
         notes.append(f"{len(running)} trial(s) still running: {[t.number for t in running]}")
     keys = list(config.space)
     if config.sampler == "grid":
-        done = {t.user_attrs.get("grid_point") for t in trials if point_done(t)}
+        done = {t.user_attrs.get("grid_point") for t in trials if settled(t)}
         todo = [p for p in config.grid() if grid_key(p) not in done]
         if todo:
             shown = "; ".join(_label(p, keys) for p in todo[:12])
             more = f" and {len(todo) - 12} more" if len(todo) > 12 else ""
             notes.append(f"{len(todo)} of {len(config.grid())} grid points not done: {shown}{more}")
     else:
-        finished = finished_trials(study)
+        finished = settled_trials(study)
         if len(finished) < (config.n_trials or 0):
             notes.append(f"{len(finished)} of {config.n_trials} trials finished")
-    if not runs.empty:
-        unfinished = runs[runs["mlflow_status"] == "RUNNING"]
-        if len(unfinished):
-            notes.append(f"{len(unfinished)} MLflow run(s) still RUNNING")
     return notes
 
 

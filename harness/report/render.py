@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import tempfile
 from pathlib import Path
 
 import jinja2
@@ -14,7 +15,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 from mlflow.tracking import MlflowClient
 
 from harness import __version__
-from harness.config import StudyConfig
+from harness.config import ConfigError, StudyConfig
 from harness.report import aggregate, figures
 from harness.stores import Stores
 
@@ -118,7 +119,14 @@ def _pdf(path: Path, summary: dict[str, str], columns, rows, figure_list, missin
 
 
 def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
-    """Write index.html, report.pdf and the figures for `config`'s study into `out_dir`."""
+    """Write index.html, report.pdf and the figures for `config`'s study into `out_dir`.
+
+    The report is written into a new folder beside `out_dir` and swapped in at the end, so an
+    interrupted report leaves the previous one whole.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.name in ("", ".", "..") or out_dir.name.startswith("."):
+        raise ConfigError(f"a report folder must have a plain name, not {str(out_dir)!r}")
     client = MlflowClient(stores.tracking_uri)
     try:
         study = optuna.load_study(study_name=config.name, storage=stores.storage)
@@ -127,11 +135,21 @@ def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
     data = aggregate.load(config, study, client)
     table = aggregate.configurations(data)
     figure_list = figures.all_figures(data, table)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write(staging, data, table, figure_list)
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for figure in figure_list:
+            plt.close(figure.figure)
+    return out_dir / "index.html"
+
+
+def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_list) -> None:
     for figure in figure_list:
-        figures.save_png(figure, out_dir)
+        figures.save_png(figure, folder)
     columns, rows = table_rows(table)
     summary = _summary(data, table)
     environment = jinja2.Environment(
@@ -148,9 +166,19 @@ def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
             {"file": f"{f.name}.png", "title": f.title, "caption": f.caption} for f in figure_list
         ],
     )
-    (out_dir / "index.html").write_text(html)
-    table.to_csv(out_dir / "configurations.csv", index=False)
-    _pdf(out_dir / "report.pdf", summary, columns, rows, figure_list, data.missing)
-    for figure in figure_list:
-        plt.close(figure.figure)
-    return out_dir / "index.html"
+    (folder / "index.html").write_text(html)
+    table.to_csv(folder / "configurations.csv", index=False)
+    _pdf(folder / "report.pdf", summary, columns, rows, figure_list, data.missing)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the folder `new` at `target`, replacing what was there; the old report stays whole
+    until the new one is complete (two renames on one file system)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():  # the last swap was cut between its renames
+        old.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
