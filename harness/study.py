@@ -21,6 +21,7 @@ import socket
 import statistics
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,10 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     if stored != current:
         study.set_user_attr("description", config.description)
         study.set_user_attr("config", current)
+    if study.metric_names != [config.objective.metric]:  # names the axes in optuna-dashboard
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([config.objective.metric])
     return study
 
 
