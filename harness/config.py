@@ -67,7 +67,11 @@ class RunConfig(BaseModel):
     train_subset: int | None = Field(None, ge=1, description="train on this many images")
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
-    save_model: bool = Field(False, description="keep the trained weights (MLflow artifact)")
+    save_model: bool = Field(
+        False,
+        description="keep the trained weights: a study's runs log model.pt to MLflow; "
+        "`harness train` writes them to outputs/models/ (or --save-model PATH)",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -429,7 +433,7 @@ def _check_optuna_storage(url: str, source: str) -> None:
     from sqlalchemy.engine import make_url
 
     try:
-        make_url(url).get_dialect()  # parses the URL and loads the dialect, connects to nothing
+        dialect = make_url(url).get_dialect()  # parses the URL, loads the dialect; no connection
     except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as err:
         scheme = url.partition("://")[0] if "://" in url else url  # the password stays unsaid
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -437,6 +441,25 @@ def _check_optuna_storage(url: str, source: str) -> None:
             f"{source}: '{scheme}' is not an Optuna storage ({reason}; allowed: SQLAlchemy URLs "
             f"DIALECT[+DRIVER]://..., DIALECT one of {', '.join(dialects.__all__)}, "
             "e.g. postgresql://user@host/db or sqlite:///path.db)"
+        ) from None
+    _check_driver(dialect, source)
+
+
+def _check_driver(dialect, source: str) -> None:
+    """ConfigError if the database driver of a SQLAlchemy dialect is not installed (the
+    PostgreSQL ones are the `postgres` extra of the package)."""
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        name = f"{dialect.name}+{dialect.driver}"
+        fix = (
+            "pip install '.[postgres]' (make install does)"
+            if dialect.name == "postgresql"
+            else f"install the Python package of the {dialect.driver} driver"
+        )
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(
+            f"{source}: the database driver of {name} is not installed ({reason}): {fix}"
         ) from None
 
 
@@ -459,19 +482,37 @@ def _check_tracking_uri(uri: str, source: str) -> None:
             f"{source}: '{shown}' is not an MLflow tracking URI (allowed: {names}; "
             "databases as DIALECT[+DRIVER]://...)"
         )
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    if scheme in DATABASE_ENGINES:  # MLflow opens it with SQLAlchemy: its driver is needed
+        from sqlalchemy import exc
+        from sqlalchemy.engine import make_url
+
+        try:
+            dialect = make_url(uri).get_dialect()
+        except (exc.ArgumentError, exc.NoSuchModuleError, ValueError):
+            return  # MLflow says what is wrong with it
+        _check_driver(dialect, source)
 
 
 def check_store_urls(
-    storage: str | None = None, tracking_uri: str | None = None, *, optuna: bool = True
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    *,
+    optuna: bool = True,
+    tracking: bool = True,
 ) -> None:
-    """Refuse an Optuna storage or MLflow tracking URI that cannot work, from the flags or,
-    when a flag is absent, the environment ($HARNESS_STORAGE, $MLFLOW_TRACKING_URI), as
-    stores.open_stores would take them. `optuna=False`: the command has no Optuna storage."""
+    """Refuse an Optuna storage or MLflow tracking URI that cannot work (its database driver
+    missing, say), from the flags or, when a flag is absent, the environment
+    ($HARNESS_STORAGE, $MLFLOW_TRACKING_URI), as stores.open_stores would take them.
+    `optuna=False`, `tracking=False`: the command has no Optuna storage, no MLflow store."""
     if optuna:
         source = "--storage" if storage else "$HARNESS_STORAGE"
         storage = storage or os.environ.get("HARNESS_STORAGE")
         if storage:
             _check_optuna_storage(storage, source)
+    if not tracking:
+        return
     source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if tracking_uri:

@@ -12,9 +12,12 @@ Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import yaml
 from torch import nn
 
 from harness.config import RunConfig
@@ -104,8 +107,23 @@ def build_model(config: RunConfig) -> nn.Module:
     return BACKENDS[config.backend](config)
 
 
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, config: RunConfig) -> None:
+    """Write a run's weights to `path` and its run config beside it (`path` with `.yaml`),
+    each to a temporary file first and renamed into place, so a kill leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = path.with_suffix(".yaml")
+    for target, write in (
+        (path, lambda tmp: torch.save(state_dict, tmp)),
+        (sidecar, lambda tmp: tmp.write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))),
+    ):
+        partial = target.with_name(f".{target.name}.partial")
+        write(partial)
+        os.replace(partial, target)
+
+
 def load_weights(path: str, config: RunConfig) -> nn.Module:
-    """A network of `config` with weights saved by a run (`save_model`, MLflow's model.pt).
+    """A network of `config` with weights saved by a run (`harness train --save-model`, or a
+    study's `save_model`: MLflow's model.pt); `harness train` writes the config beside them.
 
     Only tensors are read (`weights_only=True`): a weights file cannot run code.
     """

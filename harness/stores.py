@@ -626,7 +626,7 @@ def open_stores(
         except OSError as err:
             raise StoreError(f"cannot create output folder {output_dir} ({err.strerror})") from None
     if storage:
-        return Stores(storage, tracking_uri, artifact_root, f"optuna {_redact(storage)}", lock)
+        return Stores(storage, tracking_uri, artifact_root, f"optuna {redact(storage)}", lock)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -719,7 +719,7 @@ def _open_for_reading(
                         shutil.copyfile(source, str(target) + suffix)
                 tracking_uri, copied = f"sqlite:///{target}", True
             check_tracking_database(sqlite_path(tracking_uri))
-    description = f"optuna {_redact(storage)}" if storage else f"optuna {journal}"
+    description = f"optuna {redact(storage)}" if storage else f"optuna {journal}"
     if journal is not None:
         source = journal
         if not journal.exists():
@@ -743,6 +743,6 @@ def _open_for_reading(
     return Stores(storage, tracking_uri, artifact_root, description, None, read_only=True)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A storage URL without its password, for printing."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

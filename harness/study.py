@@ -33,7 +33,17 @@ from optuna.trial import TrialState
 from harness import data, interrupt
 from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig
 from harness.stores import Stores
-from harness.tracking import RunLogger, experiment_id, git_commit, search_all_runs
+from harness.tracking import (
+    RunLogger,
+    dataset_inputs,
+    experiment_id,
+    experiment_tags,
+    finish_parent_run,
+    git_commit,
+    search_all_runs,
+    source_tags,
+    start_parent_run,
+)
 from harness.train import Event, StopRun, resolve_device, train
 
 # A RUNNING trial of another host is dead when its heartbeat is older than this; on this host,
@@ -186,12 +196,18 @@ def fail_stale_trials(study: optuna.Study, client: MlflowClient) -> list[int]:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _alive(trial):
             continue
-        _tag_failed(client, trial.user_attrs.get("mlflow_run_ids", []), "KILLED")
+        _tag_failed(client, _all_run_ids(trial.user_attrs), "KILLED")
         # Optuna has no public setter for another process's trial; its storage API is stable.
         study._storage.set_trial_user_attr(trial._trial_id, OUTCOME, "killed")
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         failed.append(trial.number)
     return failed
+
+
+def _all_run_ids(attrs: dict[str, Any]) -> list[str]:
+    """A trial's MLflow runs: its parent run (if any) and its seeds' runs."""
+    parent = attrs.get("mlflow_parent_run_id")
+    return ([parent] if parent else []) + list(attrs.get("mlflow_run_ids", []))
 
 
 def kill_orphan_runs(study: optuna.Study, client: MlflowClient, experiment: str) -> int:
@@ -387,11 +403,14 @@ def _finished_seeds(study: optuna.Study, params: dict[str, Any]) -> dict[int, di
     return found
 
 
-def _adopt(client: MlflowClient, run: dict[str, Any], trial: optuna.Trial, name: str) -> None:
-    """Make a finished run of a failed trial a run of `trial`."""
+def _adopt(
+    client: MlflowClient, run: dict[str, Any], trial: optuna.Trial, name: str, parent: str
+) -> None:
+    """Make a finished run of a failed trial a run (a child) of `trial`."""
     run_id = run["run_id"]
     client.set_tag(run_id, "harness.trial", str(trial.number))
     client.set_tag(run_id, "optuna.trial_number", str(trial.number))
+    client.set_tag(run_id, "mlflow.parentRunId", parent)
     if FAILED_TAG in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, FAILED_TAG)
     client.update_run(run_id, name=f"{name}/t{trial.number:03d}/s{run['seed']}")
@@ -421,44 +440,56 @@ def run_trial(
     runs: list[dict[str, Any]] = []
     run_ids: list[str] = []
     logger: RunLogger | None = None
+    parent: str | None = None
     commit = git_commit()
+    first = config.run_config(params, config.seed_list[0])
+    tags = {
+        **source_tags(commit, f"harness study {config.name}"),
+        "harness.study": config.name,
+        "harness.trial": trial.number,
+        "harness.backend": first.backend,
+        "harness.device": str(resolve_device(first.device)),
+        "harness.commit": commit,
+        "harness.data_checksum": dataset.checksum,
+        "harness.host": worker_host(),
+        "harness.pid": os.getpid(),
+        "optuna.study": study.study_name,
+        "optuna.trial_number": trial.number,
+    }
     try:
+        parent = start_parent_run(
+            client,
+            experiment,
+            f"{config.name}/t{trial.number:03d} {_params_text(params)}",
+            tags,
+            {k: v for k, v in first.model_dump().items() if k != "seed"},
+            _inputs(_subset(dataset, first)),
+        )
+        trial.set_user_attr("mlflow_parent_run_id", parent)
         with _Heartbeat(study, trial) as heartbeat:
             for index, seed in enumerate(config.seed_list):
                 interrupt.check()
                 if heartbeat.taken.is_set():
                     raise TrialTaken
                 if seed in reusable:
-                    _adopt(client, reusable[seed], trial, config.name)
+                    _adopt(client, reusable[seed], trial, config.name, parent)
                     runs.append(reusable[seed])
                     run_ids.append(reusable[seed]["run_id"])
                     trial.set_user_attr("mlflow_run_ids", run_ids)
                     trial.set_user_attr("runs", runs)
                     continue
                 run_config = config.run_config(params, seed)
-                device = resolve_device(run_config.device)
                 split = _subset(dataset, run_config)
                 logger = RunLogger(
                     client,
                     experiment,
                     f"{config.name}/t{trial.number:03d}/s{seed}",
-                    {
-                        "harness.study": config.name,
-                        "harness.trial": trial.number,
-                        "harness.seed": seed,
-                        "harness.backend": run_config.backend,
-                        "harness.device": str(device),
-                        "harness.commit": commit,
-                        "harness.data_checksum": dataset.checksum,
-                        "harness.host": worker_host(),
-                        "harness.pid": os.getpid(),
-                        "optuna.study": study.study_name,
-                        "optuna.trial_number": trial.number,
-                    },
+                    {**tags, "harness.seed": seed},
+                    parent_run_id=parent,
                 )
                 run_ids.append(logger.run_id)
                 trial.set_user_attr("mlflow_run_ids", run_ids)
-                logger.log_config(run_config.model_dump())
+                logger.log_config(run_config.model_dump(), _inputs(split))
                 callbacks: list[Any] = [logger]
                 if config.pruner.type != "none":
                     per_run = run_config.epochs * (len(split.train) // run_config.batch_size)
@@ -480,13 +511,17 @@ def run_trial(
                     trial.set_user_attr(OUTCOME, result.status)
                     trial.set_user_attr("message", result.message)
                     state = TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL
+                    finish_parent_run(client, parent, runs, result.status, result.message)
                     study.tell(trial, state=state)
                     return
             trial.set_user_attr(OUTCOME, "finished")
+            finish_parent_run(client, parent, runs, "finished")
             study.tell(trial, statistics.fmean(run[config.objective.metric] for run in runs))
     except (TrialTaken, UpdateFinishedTrialError):
         if logger is not None:
             _best_effort(logger.abort, "KILLED", "another worker took this trial")
+        if parent is not None:
+            _best_effort(_tag_failed, client, [parent], "KILLED", "another worker took it")
         print(f"trial {trial.number}: another worker took it over; going on", flush=True)
     except BaseException as err:
         stopped = isinstance(err, interrupt.Interrupted | KeyboardInterrupt)
@@ -494,10 +529,18 @@ def run_trial(
         if logger is not None:
             _best_effort(logger.abort, "KILLED" if stopped else "FAILED", message)
         _best_effort(_tag_failed, client, run_ids, None)
+        if parent is not None:
+            _best_effort(_tag_failed, client, [parent], "KILLED" if stopped else "FAILED", message)
         _best_effort(trial.set_user_attr, OUTCOME, "interrupted" if stopped else "error")
         _best_effort(trial.set_user_attr, "message", message[:1000])
         _best_effort(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
+
+
+def _inputs(split: data.Dataset) -> list[Any]:
+    """The MLflow dataset inputs of a run: the train and test images it used."""
+    rows = {"train": len(split.train), "test": len(split.test)}
+    return dataset_inputs("mnist", split.checksum, rows)
 
 
 def _best_effort(action: Any, *args: Any, **kwargs: Any) -> None:
@@ -524,7 +567,10 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
         study = open_study(config, stores)  # first: a changed study file writes nothing
         stores.create_tracking_tables()
         client = MlflowClient(stores.tracking_uri)
-        experiment = experiment_id(client, config.name, stores.artifact_root)
+        tags = experiment_tags(
+            config.description, config.objective.metric, config.objective.direction
+        )
+        experiment = experiment_id(client, config.name, stores.artifact_root, tags)
         stale = fail_stale_trials(study, client)
         orphans = kill_orphan_runs(study, client, experiment)
         if config.sampler == "grid":

@@ -1,4 +1,5 @@
-"""MLflow: one experiment per study, one run per (trial, seed), metrics logged in batches.
+"""MLflow: one experiment per study; per trial (configuration) a parent run holding the mean
+and sd over seeds, with one child run per seed; metrics logged in batches.
 
 Metric `test_loss` is the loss on a test batch at each evaluation (the seed's test curve)
 and on the whole test set at the end of each epoch, so its latest value is the full one.
@@ -12,9 +13,12 @@ with a status that says how training ended: FINISHED, FAILED (diverged, crashed)
 from __future__ import annotations
 
 import csv
+import getpass
 import io
+import json
 import logging
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -31,12 +35,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # the error itself, in one line where it knows it (a full disk, say).
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
+from mlflow.entities import (  # noqa: E402
+    Dataset,
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    Run,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness import __version__  # noqa: E402
-from harness.train import Event, RunResult  # noqa: E402
+from harness.train import FINAL_METRICS, Event, RunResult  # noqa: E402
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress
@@ -66,20 +78,104 @@ def git_commit() -> str:
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
 
 
-def experiment_id(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
-    """The experiment of a study, created on first use."""
+def experiment_id(
+    client: MlflowClient, name: str, artifact_root: Path | None, tags: dict[str, str] | None = None
+) -> str:
+    """The experiment of a study, created on first use, with `tags` set (description,
+    primary metric) where they differ."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":  # deleted in the UI, and the study rerun
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    location = (artifact_root / name).resolve().as_uri() if artifact_root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException as err:  # another worker created it first
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        try:
+            client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:  # another worker created it first
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(name)
+    elif experiment.lifecycle_stage == "deleted":  # deleted in the UI, and the study rerun
+        client.restore_experiment(experiment.experiment_id)
+    for key, value in (tags or {}).items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def experiment_tags(description: str, metric: str, direction: str) -> dict[str, str]:
+    """What MLflow's UI shows of an experiment: its description and primary metric."""
+    return {
+        "mlflow.note.content": description.strip(),
+        "mlflow.experiment.primaryMetric.name": metric,
+        "mlflow.experiment.primaryMetric.greaterIsBetter": str(direction == "maximize").lower(),
+    }
+
+
+def source_tags(commit: str, entry: str) -> dict[str, str]:
+    """MLflow's standard source tags: the command, the user, and the git commit (the harness's
+    own `harness.commit` tag also says whether the checkout had local changes)."""
+    tags = {
+        "mlflow.source.name": entry,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": getpass.getuser(),
+    }
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
+    return tags
+
+
+def dataset_inputs(name: str, checksum: str, rows: dict[str, int]) -> list[DatasetInput]:
+    """The data a run trained and was evaluated on, as MLflow dataset inputs (the UI's
+    Dataset column): one per split, its digest the data's checksum, its context the use."""
+    contexts = {"train": "training", "test": "evaluation"}
+    return [
+        DatasetInput(
+            Dataset(
+                name=f"{name}-{split}-{count}",
+                digest=checksum[:36],
+                source_type="local",
+                source=json.dumps({"files": f"{name} idx files", "md5": checksum}),
+                profile=json.dumps({"num_rows": count}),
+            ),
+            tags=[InputTag("mlflow.data.context", contexts[split])],
+        )
+        for split, count in rows.items()
+    ]
+
+
+def start_parent_run(
+    client: MlflowClient,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, Any],
+    params: dict[str, Any],
+    inputs: list[DatasetInput],
+) -> str:
+    """Create the parent run of one configuration (a trial): its params and data; the
+    seeds' runs become its children (tag `mlflow.parentRunId`)."""
+    tags = {key: str(value) for key, value in {"harness.version": __version__, **tags}.items()}
+    run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+    client.log_inputs(run_id, datasets=inputs)
+    return run_id
+
+
+def finish_parent_run(
+    client: MlflowClient, run_id: str, runs: list[dict[str, Any]], status: str, message: str = ""
+) -> None:
+    """End a configuration's parent run: the mean and sd over its finished seeds of every
+    final metric (`test_accuracy_mean`, `test_accuracy_sd`, ...), and how it ended."""
+    finished = [run for run in runs if run.get("status") == "finished"]
+    metrics = [Metric("seeds", float(len(finished)), _now_ms(), 0)]
+    for key in FINAL_METRICS:
+        values = [float(run[key]) for run in finished if key in run]
+        if values:
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            metrics.append(Metric(f"{key}_mean", statistics.fmean(values), _now_ms(), 0))
+            metrics.append(Metric(f"{key}_sd", sd, _now_ms(), 0))
+    tags = [RunTag("harness.status", status)]
+    if message:
+        tags.append(RunTag("harness.message", message[:5000]))
+    client.log_batch(run_id, metrics=metrics, tags=tags)
+    client.set_terminated(run_id, status=RUN_STATUS.get(status, "FAILED"))
 
 
 def search_all_runs(client: MlflowClient, experiment: str, filter_string: str = "") -> list[Run]:
@@ -104,17 +200,28 @@ def _now_ms() -> int:
 class RunLogger:
     """Streams one training run's events into an MLflow run (a callback for `train`)."""
 
-    def __init__(self, client: MlflowClient, experiment: str, run_name: str, tags: dict[str, Any]):
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, Any],
+        parent_run_id: str | None = None,
+    ):
         self.client = client
+        if parent_run_id is not None:
+            tags = {**tags, "mlflow.parentRunId": parent_run_id}
         tags = {key: str(value) for key, value in {"harness.version": __version__, **tags}.items()}
         self.run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
         self._buffer: list[Metric] = []
         self._flushed = time.monotonic()
 
-    def log_config(self, config: dict[str, Any]) -> None:
-        """All run settings as params, and as a YAML artifact."""
+    def log_config(self, config: dict[str, Any], inputs: list[DatasetInput] = ()) -> None:
+        """All run settings as params, and as a YAML artifact; the data as dataset inputs."""
         params = [Param(key, str(value)) for key, value in config.items()]
         self.client.log_batch(self.run_id, params=params)
+        if inputs:
+            self.client.log_inputs(self.run_id, datasets=list(inputs))
         self.client.log_text(self.run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
 
     def __call__(self, event: Event) -> None:

@@ -21,7 +21,14 @@ from harness.config import load_study
 from harness.report import aggregate, build_report
 from harness.stores import open_stores
 from harness.study import FAILED_TAG, run_study, settled_trials, summary_rows
-from tests.test_study import ROOT, _start_study, _wait_for_running_run, run_cli, write_study
+from tests.test_study import (
+    ROOT,
+    _start_study,
+    _wait_for_running_run,
+    run_cli,
+    seed_runs,
+    write_study,
+)
 
 PATCHED_MAIN = """
 import os, sys
@@ -83,6 +90,7 @@ def study_args(path: Path, out: Path, mnist_dir: Path) -> list[str]:
 
 
 def all_runs(client: MlflowClient, name: str):
+    """Every run of the study's experiment: configurations' parent runs and seeds' runs."""
     experiment = client.get_experiment_by_name(name)
     return client.search_runs([experiment.experiment_id])
 
@@ -100,8 +108,10 @@ def assert_consistent(out: Path, path: Path, seeds: int) -> None:
     settled = settled_trials(study)
     assert len({json.dumps(t.params, sort_keys=True) for t in settled}) == len(settled)
     counted = {i for t in settled for i in t.user_attrs["mlflow_run_ids"]}
+    parents = {t.user_attrs["mlflow_parent_run_id"] for t in settled}
     for run in runs:
-        assert (FAILED_TAG in run.data.tags) == (run.info.run_id not in counted), run.info
+        kept = run.info.run_id in counted | parents
+        assert (FAILED_TAG in run.data.tags) != kept, run.info
     data = aggregate.load(config, study, client)
     table = aggregate.configurations(data)
     assert len(data.runs) == len(counted) == seeds * len(settled)
@@ -125,7 +135,7 @@ def test_a_kill_at_any_point_then_a_rerun_counts_each_seed_once(tmp_path, mnist_
     assert resumed.returncode == 0, resumed.stderr
     assert_consistent(out, path, seeds=2)
     stores = open_stores(out)
-    runs = all_runs(MlflowClient(stores.tracking_uri), "k")
+    runs = seed_runs(MlflowClient(stores.tracking_uri), "k")
     finished = [r for r in runs if r.info.status == "FINISHED"]
     # a seed recorded as finished is reused by the rerun, not trained again
     reused = point in ("between_seeds", "before_tell")
@@ -192,7 +202,7 @@ def test_two_workers_run_exactly_n_trials_of_a_search(tmp_path, mnist_dir):
     settled = settled_trials(study)
     assert len(settled) == 5
     assert len({json.dumps(t.params, sort_keys=True) for t in settled}) == 5
-    runs = all_runs(MlflowClient(stores.tracking_uri), "w")
+    runs = seed_runs(MlflowClient(stores.tracking_uri), "w")
     assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -299,14 +309,14 @@ def test_reports_page_through_all_runs(tmp_path, mnist_dir, monkeypatch):
     config = load_study(str(path))
     stores = open_stores(tmp_path / "out")
     study = run_study(config, stores, mnist_dir, progress=False)
-    monkeypatch.setattr(tracking, "SEARCH_PAGE", 4)  # 6 runs: two pages
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 4)  # 6 seeds' and 3 parent runs: 3 pages
     calls = []
     search = MlflowClient.search_runs
     monkeypatch.setattr(
         MlflowClient, "search_runs", lambda self, *a, **k: calls.append(k) or search(self, *a, **k)
     )
     data = aggregate.load(config, study, MlflowClient(stores.tracking_uri))
-    assert len(data.runs) == 6 and len(calls) == 2 and calls[1]["page_token"]
+    assert len(data.runs) == 6 and len(calls) == 3 and calls[2]["page_token"]
     assert list(aggregate.configurations(data)["seeds"]) == [2, 2, 2]
 
 

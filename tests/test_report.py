@@ -10,13 +10,14 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from pypdf import PdfReader
+from scipy import stats
 
 from harness.cli import main
 from harness.config import load_study
 from harness.report import build_report
 from harness.stores import open_stores
 from harness.study import run_study
-from tests.test_study import write_study
+from tests.test_study import seed_runs, write_study
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -47,12 +48,12 @@ def _table(page: Path) -> list[list[str]]:
 def test_table_numbers_equal_what_mlflow_holds(tiny_study):
     config, stores, page = tiny_study
     client = MlflowClient(stores.tracking_uri)
-    experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
+    runs = seed_runs(client, "tiny")
     assert len(runs) == 14
     header, *rows = _table(page)
-    assert header[:3] == ["configuration", "seeds", "test accuracy"]
+    assert header[:4] == ["configuration", "seeds", "p vs best", "test accuracy"]
     assert len(rows) == 7
+    accuracies = {}
     for row in rows:
         params = dict(part.split("=") for part in row[0].split(", "))
         mine = [
@@ -62,12 +63,17 @@ def test_table_numbers_equal_what_mlflow_holds(tiny_study):
             and r.data.params["num_steps"] == params["num_steps"]
         ]  # fmt: skip
         accuracy = [r.data.metrics["test_accuracy"] for r in mine]
+        accuracies[row[0]] = accuracy
         loss = [r.data.metrics["test_loss"] for r in mine]
         assert row[1] == "2"
-        assert row[2].startswith(
+        assert row[3].startswith(
             f"{statistics.mean(accuracy):.4f} ± {statistics.stdev(accuracy):.4f} (CI ±"
         )
-        assert row[5].startswith(f"{statistics.mean(loss):.3f} ± {statistics.stdev(loss):.3f}")
+        assert row[6].startswith(f"{statistics.mean(loss):.3f} ± {statistics.stdev(loss):.3f}")
+    best = max(accuracies, key=lambda label: statistics.mean(accuracies[label]))
+    for row in rows:  # Welch's t-test against the best configuration
+        expected = stats.ttest_ind(accuracies[row[0]], accuracies[best], equal_var=False).pvalue
+        assert row[2] == ("best" if row[0] == best else f"{expected:.3f}")
 
 
 def test_page_says_what_is_missing_and_escapes_user_text(tiny_study):
@@ -135,8 +141,7 @@ def test_report_shows_only_the_runs_of_the_current_study(tmp_path, mnist_dir):
     optuna.delete_study(study_name="again", storage=stores.storage)  # start over in Optuna
     run_study(config, stores, mnist_dir, progress=False)
     client = MlflowClient(stores.tracking_uri)
-    experiment = client.get_experiment_by_name("again")
-    assert len(client.search_runs([experiment.experiment_id])) == 2
+    assert len(seed_runs(client, "again")) == 2
     page = build_report(config, stores, tmp_path / "reports" / "again")
     assert "1 finished" in page.read_text()
     assert [row[1] for row in _table(page)[1:]] == ["1"]

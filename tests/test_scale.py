@@ -1,6 +1,7 @@
 """Reliability and scale-out: parallel workers, PostgreSQL + an MLflow server, divergence."""
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from harness.cli import stop_process_group
 from harness.config import make_run_config
 from harness.model import load_weights
 from harness.stores import open_stores
-from tests.test_study import _free_port, run_cli, write_study
+from tests.test_study import _free_port, run_cli, seed_runs, write_study
 
 GRID = {"beta": [0.7, 0.8, 0.9], "decoding": ["rate", "latency"]}
 
@@ -31,8 +32,7 @@ def assert_grid_covered_once(study: optuna.Study, client: MlflowClient, seeds: i
     points = sorted((t.params["beta"], t.params["decoding"]) for t in complete)
     assert points == sorted((b, d) for b in GRID["beta"] for d in GRID["decoding"])
     assert all(t.user_attrs.get("outcome") == "skipped" for t in study.trials if t not in complete)
-    experiment = client.get_experiment_by_name(study.study_name)
-    runs = client.search_runs([experiment.experiment_id])
+    runs = seed_runs(client, study.study_name)
     assert len(runs) == len(points) * seeds  # nothing trained twice, nothing lost
     assert {r.info.status for r in runs} == {"FINISHED"}
     names = sorted(r.info.run_name for r in runs)
@@ -58,6 +58,8 @@ def postgres():
     """A throwaway PostgreSQL server on 127.0.0.1 (Debian's package), stopped afterwards."""
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
     assert binaries, "PostgreSQL is not installed: run `make install`"
+    missing = [d for d in ("psycopg2", "psycopg") if importlib.util.find_spec(d) is None]
+    assert not missing, f"no PostgreSQL driver {missing}: pip install -e '.[dev,postgres]'"
     bin_dir = Path(binaries[-1])
     root = os.geteuid() == 0
     base = Path(tempfile.mkdtemp(prefix="harness-pg-", dir="/tmp"))

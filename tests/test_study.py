@@ -1,8 +1,10 @@
 """Studies through the CLI, at smoke scale, against real Optuna and MLflow stores."""
 
 import json
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from harness.config import ConfigError, load_study
 from harness.stores import open_stores
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TINY = {
     "train_subset": 640, "test_subset": 300, "subset_sampling": "stratified",
     "hidden": 100, "num_steps": 10, "eval_every": 5, "batch_size": 32,
@@ -45,6 +48,13 @@ def stores_of(out: Path):
     return stores, MlflowClient(stores.tracking_uri)
 
 
+def seed_runs(client: MlflowClient, name: str, parents: bool = False) -> list:
+    """A study's runs of seeds (children), or with `parents` its configurations' runs."""
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) != parents]
+
+
 def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir):
     path = write_study(tmp_path, "grid", space={"beta": [0.8, 0.95]}, seeds=[0, 3])
     out = tmp_path / "out"
@@ -57,14 +67,41 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert sorted(t.params["beta"] for t in study.trials) == [0.8, 0.95]
     experiment = client.get_experiment_by_name("grid")
-    runs = client.search_runs([experiment.experiment_id])
+    assert experiment.tags["mlflow.note.content"] == ""  # the file has no description
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "test_accuracy"
+    assert experiment.tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "true"
+    runs = seed_runs(client, "grid")
+    parents = {r.info.run_id: r for r in seed_runs(client, "grid", parents=True)}
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert len(parents) == 2 and {r.info.status for r in parents.values()} == {"FINISHED"}
     by_id = {r.info.run_id: r for r in runs}
     for trial in study.trials:
         ids = trial.user_attrs["mlflow_run_ids"]
         assert len(ids) == 2
+        parent = parents[trial.user_attrs["mlflow_parent_run_id"]]
+        assert parent.info.run_name == f"grid/t{trial.number:03d} beta={trial.params['beta']}"
+        assert parent.data.params["beta"] == str(trial.params["beta"])
+        assert "seed" not in parent.data.params
+        accuracies = [by_id[i].data.metrics["test_accuracy"] for i in ids]
+        assert parent.data.metrics["test_accuracy_mean"] == pytest.approx(trial.value)
+        assert parent.data.metrics["test_accuracy_sd"] == pytest.approx(
+            statistics.stdev(accuracies)
+        )
+        assert parent.data.metrics["seeds"] == 2
         for seed, run_id in zip([0, 3], ids, strict=True):
             run = by_id[run_id]
+            assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            assert run.data.tags["mlflow.source.name"] == "harness study grid"
+            assert run.data.tags["mlflow.source.git.commit"] in run.data.tags["harness.commit"]
+            inputs = {
+                (d.dataset.name, d.dataset.digest, d.tags[0].value)
+                for d in run.inputs.dataset_inputs
+            }
+            checksum = run.data.tags["harness.data_checksum"]
+            assert inputs == {
+                ("mnist-train-640", checksum, "training"),
+                ("mnist-test-300", checksum, "evaluation"),
+            }
             assert run.info.run_name == f"grid/t{trial.number:03d}/s{seed}"
             assert run.data.tags["harness.trial"] == str(trial.number)
             assert run.data.tags["harness.seed"] == str(seed)
@@ -85,7 +122,7 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
 
     again = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
     assert again.returncode == 0 and "trial " not in again.stdout.split("trial  configuration")[0]
-    assert len(client.search_runs([experiment.experiment_id])) == 4  # nothing trained again
+    assert len(seed_runs(client, "grid")) == 4  # nothing trained again
 
 
 def test_an_interrupted_grid_resumes_with_what_is_left(tmp_path, mnist_dir):
@@ -102,8 +139,7 @@ def test_an_interrupted_grid_resumes_with_what_is_left(tmp_path, mnist_dir):
     study = optuna.load_study(study_name="resume", storage=stores.storage)
     assert sorted(t.params["beta"] for t in study.trials) == [0.7, 0.8, 0.9]
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
-    experiment = client.get_experiment_by_name("resume")
-    assert len(client.search_runs([experiment.experiment_id])) == 3
+    assert len(seed_runs(client, "resume")) == 3
 
 
 def test_a_pruned_trial_is_recorded_in_optuna_and_mlflow(tmp_path, mnist_dir):
@@ -176,15 +212,15 @@ def test_study_grid_and_seeds():
     assert load_study("beta_sweep", ROOT / "studies").seed_list == [0, 1, 2]
 
 
-def test_ui_serves_the_runs_of_the_embedded_store(tmp_path, mnist_dir):
-    path = write_study(tmp_path, "ui", space={"beta": [0.9]})
+def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, mnist_dir):
+    from playwright.sync_api import sync_playwright
+
+    path = write_study(
+        tmp_path, "ui", space={"beta": [0.8, 0.9]}, seeds=2, description="Two betas, two seeds each"
+    )  # fmt: skip
     out = tmp_path / "out"
-    assert (
-        run_cli(
-            "study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir)
-        ).returncode
-        == 0
-    )
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert done.returncode == 0, done.stderr
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "harness", "ui", "--output-dir", str(out), "--port", str(port)],
@@ -192,17 +228,32 @@ def test_ui_serves_the_runs_of_the_embedded_store(tmp_path, mnist_dir):
     )  # fmt: skip
     try:
         assert f"http://127.0.0.1:{port}" in server.stdout.readline()
-        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        experiments = _wait_for_json(f"{base}/experiments/get-by-name?experiment_name=ui")
+        base = f"http://127.0.0.1:{port}"
+        experiments = _wait_for_json(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
+        )
         experiment_id = experiments["experiment"]["experiment_id"]
-        request = urllib.request.Request(
-            f"{base}/runs/search", data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as response:
-            runs = json.load(response)["runs"]
-        assert [r["info"]["run_name"] for r in runs] == ["ui/t000/s0"]
-        assert runs[0]["info"]["status"] == "FINISHED"
+        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(f"{base}/#/experiments/{experiment_id}/runs")
+                parent = page.get_by_text("ui/t000 beta=0.8", exact=True)
+                parent.wait_for(timeout=90_000)
+                assert page.get_by_text("ui/t001 beta=0.9", exact=True).is_visible()
+                assert page.get_by_text("Two betas, two seeds each").first.is_visible()
+                assert page.get_by_text("mnist-train-640").first.is_visible()  # Dataset column
+                assert page.get_by_text("6 matching runs").is_visible()
+                assert page.get_by_text("ui/t000/s1").count() == 0  # seeds folded under it
+                cell = parent.locator("xpath=ancestor::*[@role='gridcell'][1]")
+                cell.locator("button").first.click()  # unfold the configuration
+                page.get_by_text("ui/t000/s1", exact=True).wait_for(timeout=30_000)
+                assert page.get_by_text("ui/t000/s0", exact=True).is_visible()
+                assert page.get_by_text("ui/t001/s0").count() == 0
+            finally:
+                browser.close()
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -274,7 +325,45 @@ def test_a_killed_study_resumes_with_consistent_stores(tmp_path, mnist_dir):
     assert sorted(t.params["beta"] for t in complete) == [0.8, 0.9]
     assert [t.state for t in study.trials].count(TrialState.FAIL) == 1
     assert {t.state for t in study.trials} == {TrialState.COMPLETE, TrialState.FAIL}
-    experiment = client.get_experiment_by_name("killed")
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
+    for parents in (False, True):
+        runs = seed_runs(client, "killed", parents)
+        assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
     assert client.get_run(killed_run).info.status == "KILLED"
+
+
+def test_a_store_written_by_the_previous_run_layout_reports_and_resumes(tmp_path, mnist_dir):
+    """tests/fixtures/legacy_store: a study half run by the harness before parent runs (flat
+    runs, one per seed), as SQL and journal text; the current one must resume and report it."""
+    import sqlite3
+
+    from harness.report import aggregate
+
+    fixture = ROOT / "tests" / "fixtures" / "legacy_store"
+    out = tmp_path / "out"
+    out.mkdir()
+    with sqlite3.connect(out / "mlflow.db") as db:
+        db.executescript((fixture / "mlflow.sql").read_text().replace("@OUT@", str(out)))
+    journal = (fixture / "optuna.journal").read_text().replace("@OUT@", str(out))
+    (out / "optuna.journal").write_text(journal)
+    path = tmp_path / "legacy.yaml"
+    path.write_text((fixture / "legacy.yaml").read_text())
+
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert done.returncode == 0, done.stderr
+    assert (
+        "trial   1 beta=0.9" in done.stdout and "trial   0" not in done.stdout.split("trial  ")[0]
+    )
+    stores, client = stores_of(out)
+    study = optuna.load_study(study_name="legacy", storage=stores.storage)
+    old, new = study.trials
+    assert "mlflow_parent_run_id" not in old.user_attrs and new.user_attrs["mlflow_parent_run_id"]
+    data = aggregate.load(load_study(str(path)), study, client)
+    table = aggregate.configurations(data)
+    assert list(table["seeds"]) == [2, 2] and sorted(table["beta"]) == [0.8, 0.9]
+    for trial in (old, new):
+        row = table[table["beta"] == trial.params["beta"]].iloc[0]
+        assert row["test_accuracy_mean"] == pytest.approx(trial.value)
+    report = main(["report", str(path), "--output-dir", str(out),
+                   "--reports-dir", str(tmp_path / "reports")])  # fmt: skip
+    assert report == 0  # the report builds from both layouts
+    assert "4 finished" in (tmp_path / "reports" / "legacy" / "index.html").read_text()

@@ -106,3 +106,33 @@ def test_a_loss_that_explodes_is_divergence_though_finite(mnist_dir):
 def test_ordinary_settings_are_not_taken_for_divergence(tiny_dataset, settings):
     result = train(make_run_config({**SMALL, **settings}), tiny_dataset)
     assert result.status == "finished", result.message
+
+
+def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    from harness import data
+    from harness.cli import main
+    from harness.config import load_run_config
+    from harness.model import load_weights
+    from harness.train import evaluate
+
+    settings = ["train_subset=640", "test_subset=300", "hidden=50", "num_steps=5"]
+    sets = [arg for pair in settings for arg in ("--set", pair)]
+    target = tmp_path / "weights" / "net.pt"
+    assert main(["train", *sets, "--data-dir", str(mnist_dir), "--save-model", str(target),
+                 "--json"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["weights"] == str(target)
+    config = load_run_config(target.with_suffix(".yaml"))
+    assert (config.hidden, config.num_steps, config.test_subset) == (50, 5, 300)
+    model = load_weights(str(target), config)
+    test = data.load(mnist_dir, torch.device("cpu"), test_subset=300).test
+    assert evaluate(model, test, config)["test_accuracy"] == summary["test_accuracy"]
+
+    # save_model: true in the config, no path: the weights go to the output folder
+    monkeypatch.setenv("HARNESS_OUTPUT_DIR", str(tmp_path / "out"))
+    assert main(["train", *sets, "--set", "save_model=true", "--data-dir", str(mnist_dir)]) == 0
+    (saved,) = (tmp_path / "out" / "models").glob("train-*-seed0.pt")
+    assert saved.with_suffix(".yaml").exists()
+    assert main(["train", "--save-model", str(tmp_path)]) == 2  # a folder is not a file name

@@ -20,16 +20,9 @@ from scipy import stats
 from harness.config import StudyConfig
 from harness.study import grid_key, settled, settled_run_ids, settled_trials
 from harness.tracking import search_all_runs
+from harness.train import FINAL_METRICS
 
-METRICS = (
-    "test_accuracy",
-    "rate_accuracy",
-    "latency_accuracy",
-    "test_loss",
-    "train_seconds",
-    "hidden_firing_rate",
-    "output_firing_rate",
-)
+METRICS = FINAL_METRICS  # the run metrics a report reads
 
 
 @dataclass
@@ -137,7 +130,9 @@ def _missing(config: StudyConfig, study: optuna.Study | None) -> list[str]:
 
 
 def configurations(data: StudyData) -> pd.DataFrame:
-    """One row per configuration: mean, sd and 95 % confidence interval over its seeds."""
+    """One row per configuration: mean, sd and 95 % confidence interval over its seeds, and
+    `p_vs_best`: Welch's t-test of its objective values against the best configuration's
+    (NaN for the best itself, or with fewer than 2 seeds on either side)."""
     finished = data.runs[data.runs["status"] == "finished"] if not data.runs.empty else data.runs
     if finished.empty:
         return pd.DataFrame()
@@ -157,7 +152,21 @@ def configurations(data: StudyData) -> pd.DataFrame:
             )
             row[f"{metric}_mean"], row[f"{metric}_sd"], row[f"{metric}_ci95"] = mean, sd, half
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    objective = data.config.objective
+    column = f"{objective.metric}_mean"
+    best = table.sort_values(column, ascending=objective.direction == "minimize").iloc[0]
+    values = {
+        label: group[objective.metric].dropna() for label, group in finished.groupby("config")
+    }
+    table["best"] = table["config"] == best["config"]
+    table["p_vs_best"] = [
+        float(stats.ttest_ind(values[label], values[best["config"]], equal_var=False).pvalue)
+        if label != best["config"] and len(values[label]) > 1 and len(values[best["config"]]) > 1
+        else math.nan
+        for label in table["config"]
+    ]
+    return table
 
 
 def counts(data: StudyData) -> dict[str, int]:

@@ -56,10 +56,16 @@ def accuracy_by_parameter(data: StudyData) -> list[Figure]:
                 ax.set_xscale("log")
         else:
             sns.pointplot(
-                runs, x=param, y="test_accuracy", hue=hue, errorbar="sd", dodge=0.3, ax=ax
+                runs,
+                x=param,
+                y="test_accuracy",
+                hue=hue,
+                errorbar="sd",
+                dodge=0.3 if hue else False,
+                ax=ax,  # seaborn 0.13 cannot dodge without a hue
             )
             sns.stripplot(
-                runs, x=param, y="test_accuracy", hue=hue, dodge=True, alpha=0.35,
+                runs, x=param, y="test_accuracy", hue=hue, dodge=bool(hue), alpha=0.35,
                 legend=False, ax=ax,
             )  # fmt: skip
         ax.set_ylabel("test accuracy")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import matplotlib.pyplot as plt
@@ -18,6 +25,10 @@ from harness import __version__
 from harness.config import ConfigError, StudyConfig
 from harness.report import aggregate, figures
 from harness.stores import Stores
+
+SUMMARY = "summary.json"  # each report's numbers, for the index of reports
+SUMMARY_FORMAT = 1
+INDEX = "index.html"
 
 TABLE_METRICS = (
     ("test_accuracy", "test accuracy", 4),
@@ -42,12 +53,20 @@ def _cell(row: pd.Series, metric: str, digits: int) -> str:
 
 def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the configurations table."""
-    columns = ["configuration", "seeds"] + [label for _, label, _ in TABLE_METRICS]
+    columns = ["configuration", "seeds", "p vs best"] + [label for _, label, _ in TABLE_METRICS]
     rows = [
-        [row["config"], str(row["seeds"])] + [_cell(row, m, d) for m, _, d in TABLE_METRICS]
+        [row["config"], str(row["seeds"]), _p_cell(row)]
+        + [_cell(row, m, d) for m, _, d in TABLE_METRICS]
         for _, row in table.iterrows()
     ]
     return columns, rows
+
+
+def _p_cell(row: pd.Series) -> str:
+    """Welch's p-value of the objective against the best configuration's ("best" for it)."""
+    if row["best"]:
+        return "best"
+    return "-" if math.isnan(row["p_vs_best"]) else f"{row['p_vs_best']:.3f}"
 
 
 def _best(data: aggregate.StudyData, table: pd.DataFrame) -> str:
@@ -135,16 +154,29 @@ def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
     data = aggregate.load(config, study, client)
     table = aggregate.configurations(data)
     figure_list = figures.all_figures(data, table)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        _write(staging, data, table, figure_list)
-        _swap_in(staging, out_dir)
+        with written_aside(out_dir) as staging:
+            _write(staging, data, table, figure_list)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         for figure in figure_list:
             plt.close(figure.figure)
     return out_dir / "index.html"
+
+
+@contextmanager
+def written_aside(out_dir: Path) -> Iterator[Path]:
+    """A new folder beside `out_dir` to write a page into; when the block ends without an
+    error it replaces `out_dir` whole, so a page killed half-way leaves the previous one."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; a page is for reading
+    try:
+        yield staging
+        swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_list) -> None:
@@ -168,10 +200,12 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     )
     (folder / "index.html").write_text(html)
     table.to_csv(folder / "configurations.csv", index=False)
+    record = summary_record(data, table)
+    (folder / SUMMARY).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     _pdf(folder / "report.pdf", summary, columns, rows, figure_list, data.missing)
 
 
-def _swap_in(new: Path, target: Path) -> None:
+def swap_in(new: Path, target: Path) -> None:
     """Put the folder `new` at `target`, replacing what was there; the old report stays whole
     until the new one is complete (two renames on one file system)."""
     old = target.with_name(f".{target.name}.old")
@@ -182,3 +216,157 @@ def _swap_in(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# The index of reports -----------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, else None (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def summary_record(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, Any]:
+    """What the index of reports shows of a study (written as NAME/summary.json): its
+    description, configurations, best configuration (mean and sd over its seeds), the
+    commits and devices of its runs, and when the report was made."""
+    objective = data.config.objective
+    runs = data.runs
+    best = None
+    column = f"{objective.metric}_mean"
+    if not table.empty and column in table:
+        ordered = table.sort_values(column, ascending=objective.direction == "minimize")
+        row = ordered.iloc[0]
+        mean = _number(row[column])
+        if mean is not None:
+            best = {
+                "config": str(row["config"]),
+                "mean": mean,
+                "sd": _number(row[f"{objective.metric}_sd"]),
+                "seeds": int(row["seeds"]),
+            }
+    return {
+        "format": SUMMARY_FORMAT,
+        "name": data.config.name,
+        "description": data.config.description.strip(),
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "harness_version": __version__,
+        "configurations": len(table),
+        "runs": aggregate.counts(data),
+        "objective": {"metric": objective.metric, "direction": objective.direction},
+        "best": best,
+        "commits": sorted(set(runs["commit"])) if not runs.empty else [],
+        "devices": sorted(set(runs["device"])) if not runs.empty else [],
+        "missing": list(data.missing),
+    }
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """A report folder's summary.json, or None if it has none (an older report) or it is
+    not one this version wrote."""
+    try:
+        record = json.loads((folder / SUMMARY).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != SUMMARY_FORMAT:
+        return None
+    return record
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _texts(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _best_text(record: dict[str, Any]) -> tuple[str, str]:
+    """(configuration, 'metric mean ± sd (n seeds)') of a summary's best configuration."""
+    best = record.get("best")
+    mean = _number(best.get("mean")) if isinstance(best, dict) else None
+    if mean is None:
+        return "", "none yet"
+    metric = _text((record.get("objective") or {}).get("metric"))
+    sd = _number(best.get("sd"))
+    seeds = best.get("seeds")
+    value = f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
+    if isinstance(seeds, int):
+        value += f" ({seeds} seed{'s' if seeds != 1 else ''})"
+    return _text(best.get("config")), f"{metric} {value}".strip()
+
+
+def _when(stamp: str) -> str:
+    try:
+        moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return stamp
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def index_rows(reports_dir: Path) -> list[dict[str, Any]]:
+    """One row per report folder in `reports_dir` (by name): the numbers of its summary.json;
+    a folder with only an index.html (an older report) is a bare link; others are skipped.
+    Reads nothing but those files: never the stores of a study."""
+    rows = []
+    folders = sorted(p for p in Path(reports_dir).iterdir() if p.is_dir())
+    for folder in folders:
+        if folder.name.startswith("."):  # a report being written, or the one it replaces
+            continue
+        record = read_summary(folder)
+        if record is None and not (folder / "index.html").is_file():
+            continue
+        row: dict[str, Any] = {
+            "name": folder.name,
+            "href": f"{quote(folder.name)}/index.html",
+            "summary": record is not None,
+        }
+        if record is not None:
+            config, best = _best_text(record)
+            commits = _texts(record.get("commits"))
+            configurations = record.get("configurations")
+            row.update(
+                description=_text(record.get("description")),
+                configurations=configurations if isinstance(configurations, int) else "",
+                best_config=config,
+                best=best,
+                date=_when(_text(record.get("generated"))),
+                commits=[(c[:10] + ("+dirty" if c.endswith("+dirty") else ""), c) for c in commits],
+                devices=", ".join(_texts(record.get("devices"))),
+                missing=bool(record.get("missing")),
+            )
+        rows.append(row)
+    return rows
+
+
+def write_index(reports_dir: Path) -> Path:
+    """Write reports_dir/index.html, the table of every report there, atomically (a temporary
+    file moved into place): a reader sees the old index or the new one, never half of one."""
+    reports_dir = Path(reports_dir)
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("harness.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    html = environment.get_template("index.html.j2").render(rows=index_rows(reports_dir))
+    target = reports_dir / INDEX
+    handle, temporary = tempfile.mkstemp(prefix=f".{INDEX}.", dir=reports_dir)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(html)
+            stream.flush()
+            os.fsync(stream.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # as any other file of the report (mkstemp: 0600)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,532 @@
+"""Compare two studies configuration by configuration: is B better than A, beyond seed noise?
+
+Each side is a study read from its stores (the same or other ones: one study on two commits or
+two machines). Configurations are matched by their values of the parameters either study
+varies; per configuration, the difference of the means B - A over seeds gets a Welch
+confidence interval and Welch's t-test, and a verdict at a stated level. The result goes to
+the terminal, a JSON document and an HTML page with one Seaborn figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+import pandas as pd
+import seaborn as sns
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+from scipy import stats
+
+from harness.config import ConfigError, StudyConfig
+from harness.report import figures
+from harness.report.aggregate import METRICS, StudyData, load
+from harness.report.render import written_aside
+from harness.stores import Stores, redact
+from harness.study import MUTABLE_STUDY_KEYS
+
+# Which way is better for a metric that is not the study's objective (None: neither, so the
+# verdict says "higher" or "lower").
+DIRECTIONS: dict[str, str | None] = {
+    "test_accuracy": "maximize",
+    "rate_accuracy": "maximize",
+    "latency_accuracy": "maximize",
+    "test_loss": "minimize",
+    "train_seconds": "minimize",
+    "hidden_firing_rate": None,
+    "output_firing_rate": None,
+}
+DIGITS = {"train_seconds": 2}  # decimals shown; 4 for the others
+TOO_FEW = "too few seeds"
+SAME = "no significant difference"
+FIGURE = "comparison"  # the page's figure file stem
+
+
+@dataclass
+class Side:
+    """One study as read from its stores."""
+
+    label: str  # "A" or "B"
+    config: StudyConfig
+    stores: Stores
+    data: StudyData
+    notes: list[str] = field(default_factory=list)  # said on stderr and on the page
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} {self.config.name}"
+
+
+@dataclass
+class Comparison:
+    """Two studies, the metric, and one row per configuration (`table`)."""
+
+    a: Side
+    b: Side
+    metric: str
+    direction: str | None
+    alpha: float
+    keys: list[str]  # the parameters configurations are matched on
+    settings: dict[str, tuple[Any, Any]]  # other run settings that differ: key -> (A, B)
+    table: pd.DataFrame
+    values: pd.DataFrame  # side, configuration, seed, value: every finished run's metric
+
+    @property
+    def confidence(self) -> float:
+        return 1 - self.alpha
+
+    @property
+    def percent(self) -> str:
+        """The confidence level in words, e.g. '95 %'."""
+        return f"{100 * self.confidence:.6g} %"
+
+
+def check_options(metric: str | None, alpha: float) -> None:
+    """ConfigError for an unknown --metric or an --alpha outside (0, 1), before any store."""
+    if metric is not None and metric not in METRICS:
+        raise ConfigError(f"--metric: unknown metric {metric!r} (known: {', '.join(METRICS)})")
+    if not 0 < alpha < 1:  # also NaN
+        raise ConfigError(f"--alpha must be a level strictly between 0 and 1, got {alpha}")
+
+
+def read_side(label: str, config: StudyConfig, stores: Stores) -> Side:
+    """Load one study's settled runs from its stores; ConfigError if the study is not there
+    or has no finished run.
+
+    The runs are read with the study config the Optuna study was created from (what they ran
+    with), which is the study file's unless the file changed since; a note then says so."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    where = _where(stores)
+    try:
+        study = optuna.load_study(study_name=config.name, storage=stores.storage)
+    except KeyError:
+        flags = "--output-dir/--storage" if label == "A" else "--b-output-dir/--b-storage"
+        raise ConfigError(
+            f"study '{config.name}' ({label}) is not in the stores ({where}): run it first "
+            f"(make study NAME={config.name}) or point {flags} at its stores"
+        ) from None
+    config, notes = _stored_config(config, study)
+    data = load(config, study, MlflowClient(stores.tracking_uri))
+    if data.runs.empty or not (data.runs["status"] == "finished").any():
+        raise ConfigError(
+            f"study '{config.name}' ({label}) has no finished runs of settled trials in {where}"
+        )
+    return Side(label, config, stores, data, notes)
+
+
+def _where(stores: Stores) -> str:
+    """The stores in words, passwords left out (the page keeps what it says)."""
+    return f"{stores.description}, mlflow {redact(stores.tracking_uri)}"
+
+
+def _stored_config(config: StudyConfig, study: optuna.Study) -> tuple[StudyConfig, list[str]]:
+    """The config the study was run with (kept by Optuna), and a note if the file differs."""
+    stored = study.user_attrs.get("config")
+    current = config.model_dump(mode="json")
+    changed = [
+        k
+        for k in sorted(set(stored or {}) | set(current))
+        if k not in MUTABLE_STUDY_KEYS and (stored or {}).get(k) != current.get(k)
+    ]
+    if stored is None or not changed:  # a new description is no other study
+        return config, []
+    try:
+        kept = StudyConfig.model_validate(stored)
+    except ValidationError:
+        return config, [
+            f"study '{config.name}': its stored config is unreadable, so its file is used"
+        ]
+    return kept, [
+        f"study '{config.name}' was run with another version of its file ({', '.join(changed)} "
+        "differ): its runs are read with the settings they ran with"
+    ]
+
+
+def direction_of(metric: str, config: StudyConfig) -> str | None:
+    """'maximize' or 'minimize' for the metric (the objective's own direction for the study's
+    objective metric), None where neither way is better (firing rates)."""
+    if metric == config.objective.metric:
+        return config.objective.direction
+    return DIRECTIONS.get(metric)
+
+
+def _base_values(config: StudyConfig) -> dict[str, Any]:
+    return config.base_config.model_dump()
+
+
+def _key_values(side: Side, keys: list[str]) -> pd.DataFrame:
+    """The side's runs with a column per matched key: a key outside its space takes the
+    study's base value (every run has it)."""
+    runs = side.data.runs.copy()
+    base = _base_values(side.config)
+    for key in keys:
+        if key not in side.config.space or key not in runs:
+            runs[key] = [base[key]] * len(runs)
+    return runs
+
+
+def _label(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> dict[str, float]:
+    """B - A with Welch's t-test: difference of means, its confidence interval (Welch-
+    Satterthwaite degrees of freedom), t, df and the two-sided p-value; NaN with < 2 each."""
+    difference = float(np.mean(b) - np.mean(a)) if len(a) and len(b) else math.nan
+    nan = {"t": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    if len(a) < 2 or len(b) < 2:
+        return {"difference": difference, **nan}
+    with warnings.catch_warnings():  # identical values: scipy warns, and says NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(b, a, equal_var=False)
+        interval = result.confidence_interval(confidence)
+    return {
+        "difference": difference,
+        "t": float(result.statistic),
+        "df": float(result.df),
+        "p": float(result.pvalue),
+        "ci_low": float(interval.low),
+        "ci_high": float(interval.high),
+    }
+
+
+def verdict(
+    n_a: int, n_b: int, difference: float, p: float, alpha: float, direction: str | None
+) -> str:
+    """What B is relative to A, for a configuration both studies have: better | worse
+    (higher | lower where neither way is better), no significant difference, or too few
+    seeds (< 2 finished runs on a side)."""
+    if n_a < 2 or n_b < 2:
+        return TOO_FEW
+    if math.isnan(p) or p >= alpha or difference == 0:  # NaN: equal values, no spread
+        return SAME
+    higher = difference > 0
+    if direction is None:
+        return "higher" if higher else "lower"
+    return "better" if higher == (direction == "maximize") else "worse"
+
+
+def _side_stats(values: np.ndarray, confidence: float) -> dict[str, float]:
+    """n, mean, sd and the Student's t confidence interval of the mean of one side."""
+    n = len(values)
+    mean = float(np.mean(values)) if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=stats.sem(values))
+    sd = float(np.std(values, ddof=1))
+    return {"n": n, "mean": mean, "sd": sd, "ci_low": float(low), "ci_high": float(high)}
+
+
+def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) -> Comparison:
+    """Match the two studies' configurations and test B - A on each (see module docstring).
+
+    `metric` defaults to A's objective metric; a configuration present on one side only is
+    kept, with verdict "only in A" or "only in B"."""
+    check_options(metric, alpha)
+    metric = metric or a.config.objective.metric
+    for side in (a, b):
+        runs = side.data.runs
+        if metric not in runs or not runs.loc[runs["status"] == "finished", metric].notna().any():
+            raise ConfigError(
+                f"no finished run of study '{side.config.name}' ({side.label}) has the metric "
+                f"{metric!r}"
+            )
+    direction = direction_of(metric, a.config)
+    keys = list(dict.fromkeys([*a.config.space, *b.config.space]))
+    base_a, base_b = _base_values(a.config), _base_values(b.config)
+    settings = {
+        k: (base_a[k], base_b[k])
+        for k in base_a
+        if k not in keys and k != "seed" and base_a[k] != base_b[k]
+    }
+    if a.config.seed_list != b.config.seed_list:
+        settings["seeds"] = (a.config.seed_list, b.config.seed_list)
+    groups: dict[tuple, dict[str, Any]] = {}
+    values = []
+    for side in (a, b):
+        runs = _key_values(side, keys)
+        for point, group in runs.groupby(keys, sort=False, dropna=False):
+            point = point if isinstance(point, tuple) else (point,)
+            entry = groups.setdefault(point, {"params": dict(zip(keys, point, strict=True))})
+            finished = group[(group["status"] == "finished") & group[metric].notna()]
+            entry[side.label] = finished[metric].to_numpy(dtype=float)
+            label = _label(entry["params"])
+            values += [
+                {"side": side.title, "configuration": label, "seed": s, "value": v}
+                for s, v in zip(finished["seed"], finished[metric], strict=True)
+            ]
+    rows = []
+    for entry in groups.values():
+        in_a, in_b = "A" in entry, "B" in entry
+        va, vb = entry.get("A", np.array([])), entry.get("B", np.array([]))
+        sa, sb = _side_stats(va, 1 - alpha), _side_stats(vb, 1 - alpha)
+        test = welch(va, vb, 1 - alpha)
+        if not (in_a and in_b):
+            judged = "only in A" if in_a else "only in B"
+        else:
+            judged = verdict(len(va), len(vb), test["difference"], test["p"], alpha, direction)
+        row: dict[str, Any] = {"configuration": _label(entry["params"]), **entry["params"]}
+        row.update({f"{k}_a": v for k, v in sa.items()})
+        row.update({f"{k}_b": v for k, v in sb.items()})
+        row.update(test)
+        row["verdict"] = judged
+        row["values_a"], row["values_b"] = va.tolist(), vb.tolist()
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    frame = pd.DataFrame(values, columns=["side", "configuration", "seed", "value"])
+    return Comparison(a, b, metric, direction, alpha, keys, settings, table, frame)
+
+
+def counts(comparison: Comparison) -> dict[str, int]:
+    """Configurations by verdict."""
+    return {str(k): int(v) for k, v in comparison.table["verdict"].value_counts().items()}
+
+
+def summary_line(comparison: Comparison) -> str:
+    """The overall verdict in one line, with its level."""
+    count = counts(comparison)
+    both = sum(v for k, v in count.items() if not k.startswith("only in"))
+    level = f"alpha {comparison.alpha:g}"
+    if comparison.direction is None:
+        words = ["higher", "lower"]
+    else:
+        words = ["better", "worse"]
+    parts = [f"{words[0]} in {count.get(words[0], 0)}", f"{words[1]} in {count.get(words[1], 0)}"]
+    parts.append(f"{SAME} in {count.get(SAME, 0)}")
+    if count.get(TOO_FEW):
+        parts.append(f"{TOO_FEW} in {count[TOO_FEW]}")
+    line = f"B {', '.join(parts)} of {both} configurations in both studies at {level}"
+    if both == 0:
+        line = f"no configuration is in both studies (matched on {', '.join(comparison.keys)})"
+    only = [f"{count[k]} {k}" for k in ("only in A", "only in B") if count.get(k)]
+    return line + (f"; {', '.join(only)}" if only else "")
+
+
+def _direction_words(direction: str | None) -> str:
+    if direction is None:
+        return "neither way is better"
+    return "higher is better" if direction == "maximize" else "lower is better"
+
+
+def header_lines(comparison: Comparison) -> list[str]:
+    """What is compared, with what test and at what level."""
+    c = comparison
+    lines = [
+        f"A: {c.a.config.name} ({_where(c.a.stores)})",
+        f"B: {c.b.config.name} ({_where(c.b.stores)})",
+    ]
+    if c.settings:
+        lines.append(
+            "settings that differ (A | B): "
+            + "; ".join(f"{k} {va} | {vb}" for k, (va, vb) in c.settings.items())
+        )
+    lines.append(
+        f"{c.metric} ({_direction_words(c.direction)}), B - A per configuration matched on "
+        f"{', '.join(c.keys)}: Welch's t-test, {c.percent} CI, alpha {c.alpha:g}"
+    )
+    return lines
+
+
+def _num(value: float, digits: int, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = round(float(value), digits) or 0.0  # no "-0.0000"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _p(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted cells, for the terminal and the page."""
+    d = DIGITS.get(comparison.metric, 4)
+    level = f"{comparison.percent} CI"
+    columns = ["configuration", "n A", "A mean ± sd", "n B", "B mean ± sd", "B - A", level, "p",
+               "verdict"]  # fmt: skip
+    rows = []
+    for _, r in comparison.table.iterrows():
+        cells = [r["configuration"]]
+        for side in ("a", "b"):
+            mean, sd = _num(r[f"mean_{side}"], d), _num(r[f"sd_{side}"], d)
+            cells += [str(r[f"n_{side}"]), mean if sd == "-" else f"{mean} ± {sd}"]
+        low, high = _num(r["ci_low"], d, True), _num(r["ci_high"], d, True)
+        cells += [
+            _num(r["difference"], d, True),
+            "-" if low == "-" else f"[{low}, {high}]",
+            _p(r["p"]),
+            r["verdict"],
+        ]
+        rows.append(cells)
+    return columns, rows
+
+
+def format_table(comparison: Comparison) -> str:
+    """The comparison as plain text: header, aligned table, overall verdict."""
+    columns, rows = table_rows(comparison)
+    widths = [max(len(str(x)) for x in column) for column in zip(columns, *rows, strict=True)]
+    left = {0, len(columns) - 1}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            str(c).ljust(w) if i in left else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    body = [line(columns), *(line(r) for r in rows)]
+    return "\n".join([*header_lines(comparison), *body, summary_line(comparison)])
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NaN as null, numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def to_json(comparison: Comparison, page: Path | None = None) -> dict[str, Any]:
+    """Every number of the comparison as one JSON-ready document."""
+    c = comparison
+
+    def side(s: Side) -> dict[str, Any]:
+        return {
+            "study": s.config.name,
+            "stores": s.stores.description,
+            "tracking_uri": redact(s.stores.tracking_uri),
+            "seeds": s.config.seed_list,
+            "notes": s.notes,
+        }
+
+    configurations = []
+    for _, r in c.table.iterrows():
+        entry: dict[str, Any] = {
+            "configuration": r["configuration"],
+            "params": {k: r[k] for k in c.keys},
+        }
+        for s in ("a", "b"):
+            entry[s] = {k: r[f"{k}_{s}"] for k in ("n", "mean", "sd", "ci_low", "ci_high")}
+            entry[s]["values"] = r[f"values_{s}"]
+        entry.update({k: r[k] for k in ("difference", "ci_low", "ci_high", "t", "df", "p")})
+        entry["verdict"] = r["verdict"]
+        configurations.append(entry)
+    return _plain(
+        {
+            "a": side(c.a),
+            "b": side(c.b),
+            "metric": c.metric,
+            "direction": c.direction,
+            "alpha": c.alpha,
+            "confidence": c.confidence,
+            "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), B - A",
+            "matched_on": c.keys,
+            "settings_differ": {k: list(v) for k, v in c.settings.items()},
+            "configurations": configurations,
+            "counts": counts(c),
+            "summary": summary_line(c),
+            "page": str(page) if page is not None else None,
+        }
+    )
+
+
+def figure(comparison: Comparison) -> figures.Figure:
+    """A and B means per configuration with their confidence intervals, side by side."""
+    c = comparison
+    sns.set_theme(style="whitegrid", context="notebook")
+    order = list(c.table["configuration"])
+    level = c.confidence
+
+    def interval(v: np.ndarray) -> tuple[float, float]:
+        s = _side_stats(np.asarray(v, dtype=float), level)
+        return s["ci_low"], s["ci_high"]
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(order) + 3), 4.5))
+    hue_order = [c.a.title, c.b.title]
+    with warnings.catch_warnings():  # a lone seed has no interval: NaN, drawn as nothing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sns.pointplot(
+            c.values, x="configuration", y="value", hue="side", order=order,
+            hue_order=hue_order, errorbar=interval, dodge=0.35, linestyle="none",
+            capsize=0.1, markers=["o", "s"], ax=ax,
+        )  # fmt: skip
+        sns.stripplot(
+            c.values, x="configuration", y="value", hue="side", order=order,
+            hue_order=hue_order, dodge=0.35, alpha=0.35, legend=False, ax=ax,
+        )  # fmt: skip
+    if ax.get_legend() is not None:
+        ax.get_legend().set_title("study")
+    ax.set_ylabel(c.metric.replace("_", " "))
+    ax.set_xlabel(", ".join(c.keys))
+    if len(order) > 4:
+        ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    caption = (
+        f"{c.metric} of {c.a.title} and {c.b.title} per configuration: the mean over seeds "
+        f"with its {c.percent} confidence interval (Student's t), faint points single seeds. "
+        "A configuration with one seed has no interval."
+    )
+    return figures.Figure(FIGURE, f"{c.metric} of A and B per configuration", caption, fig)
+
+
+def page_dir(reports_dir: Path, comparison: Comparison) -> Path:
+    """reports/compare-A-vs-B (study names are plain folder names)."""
+    return Path(reports_dir) / f"compare-{comparison.a.config.name}-vs-{comparison.b.config.name}"
+
+
+def build_page(comparison: Comparison, out_dir: Path, command: str = "") -> Path:
+    """Write index.html, the figure, comparison.csv and comparison.json into `out_dir`,
+    written aside and swapped in at the end (an interrupted page leaves the old one whole)."""
+    out_dir = Path(out_dir)
+    chart = figure(comparison)
+    c = comparison
+    try:
+        with written_aside(out_dir) as staging:
+            figures.save_png(chart, staging)
+            columns, rows = table_rows(comparison)
+            environment = jinja2.Environment(
+                loader=jinja2.PackageLoader("harness.report", "templates"),
+                autoescape=True,
+                undefined=jinja2.StrictUndefined,
+            )
+            html = environment.get_template("compare.html.j2").render(
+                a=c.a.config.name,
+                b=c.b.config.name,
+                a_description=c.a.config.description.strip(),
+                b_description=c.b.config.description.strip(),
+                header=header_lines(c),
+                notes=c.a.notes + c.b.notes,
+                summary=summary_line(c),
+                columns=columns,
+                rows=rows,
+                alpha=f"{c.alpha:g}",
+                confidence=c.percent,
+                figure={
+                    "file": f"{chart.name}.png",
+                    "title": chart.title,
+                    "caption": chart.caption,
+                },
+                command=redact(command),
+            )
+            (staging / "index.html").write_text(html)
+            table = c.table.drop(columns=["values_a", "values_b"])
+            table.to_csv(staging / "comparison.csv", index=False)
+            document = json.dumps(to_json(c, out_dir / "index.html"))
+            (staging / "comparison.json").write_text(document)
+    finally:
+        plt.close(chart.figure)
+    return out_dir / "index.html"
