@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from scipy import stats
 
 from harness.config import ConfigError, StudyConfig
+from harness.metrics import METRICS as METRIC_SPECS
 from harness.report import figures
 from harness.report.aggregate import METRICS, StudyData, load
 from harness.report.render import written_aside
@@ -35,15 +36,6 @@ from harness.study import MUTABLE_STUDY_KEYS
 
 # Which way is better for a metric that is not the study's objective (None: neither, so the
 # verdict says "higher" or "lower").
-DIRECTIONS: dict[str, str | None] = {
-    "test_accuracy": "maximize",
-    "rate_accuracy": "maximize",
-    "latency_accuracy": "maximize",
-    "test_loss": "minimize",
-    "train_seconds": "minimize",
-    "hidden_firing_rate": None,
-    "output_firing_rate": None,
-}
 DIGITS = {"train_seconds": 2}  # decimals shown; 4 for the others
 TOO_FEW = "too few seeds"
 SAME = "no significant difference"
@@ -155,7 +147,7 @@ def direction_of(metric: str, config: StudyConfig) -> str | None:
     objective metric), None where neither way is better (firing rates)."""
     if metric == config.objective.metric:
         return config.objective.direction
-    return DIRECTIONS.get(metric)
+    return METRIC_SPECS[metric].direction
 
 
 def _base_values(config: StudyConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from harness.errors import ConfigError
+from harness.metrics import OBJECTIVE_METRICS
 
 SURROGATE_DEFAULT_SLOPE = {"atan": 2.0, "fast_sigmoid": 25.0}
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
@@ -215,7 +216,6 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 
 SAMPLERS = ("grid", "tpe", "random", "qmc")
 PRUNERS = ("none", "median", "hyperband")
-OBJECTIVE_METRICS = ("test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss")
 # The runs of one study share the data, loaded once onto one device: neither can vary.
 FIXED_KEYS = ("seed", "device")
 MAX_SEEDS = 1000  # seeds per configuration
@@ -250,10 +250,15 @@ class Choices(BaseModel):
 
 class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    metric: Literal["test_accuracy", "rate_accuracy", "latency_accuracy", "test_loss"] = (
-        "test_accuracy"
-    )
+    metric: str = "test_accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {value!r} (allowed: {', '.join(OBJECTIVE_METRICS)})")
+        return value
 
 
 class Pruner(BaseModel):

@@ -19,19 +19,11 @@ from tqdm import tqdm
 from harness import decoding
 from harness.config import ConfigError, RunConfig
 from harness.data import Batch, Dataset, Split, test_batches, train_batches
+from harness.metrics import METRICS
 from harness.model import NUM_OUTPUTS, build_model
 
-# The metrics a finished run reports (the last evaluation's, and its training time): the
-# columns of reports and of a configuration's parent run in MLflow.
-FINAL_METRICS = (
-    "test_accuracy",
-    "rate_accuracy",
-    "latency_accuracy",
-    "test_loss",
-    "train_seconds",
-    "hidden_firing_rate",
-    "output_firing_rate",
-)
+# The metrics a finished run reports (the last evaluation's, and its training time).
+FINAL_METRICS = tuple(METRICS)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +67,21 @@ def mnist_dir() -> Path:
 def _seeded() -> None:
     """Every test starts from the same torch random state."""
     torch.manual_seed(0)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package (make install)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@contextmanager
+def chromium_page(width: int, height: int) -> Iterator:
+    """A page of headless Chromium (driven by Playwright), closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 from harness.dashboard import READS, WRITES, ReadOnlyError, ReadOnlyStorage
-from tests.test_report import CHROMIUM
+from tests.conftest import chromium_page
 from tests.test_study import ROOT, _free_port, run_cli, write_study
 
 
@@ -104,7 +104,6 @@ def _closed(port: int) -> bool:
 
 
 def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
-    from playwright.sync_api import sync_playwright
 
     journal = (out / "optuna.journal").read_bytes()
     port = _free_port()
@@ -133,21 +132,14 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
         assert noted[0] == 403
         assert [s["study_name"] for s in _wait_for_studies(server, port)] == ["dash"]
 
-        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}")
-                # The history plot's axis names the metric, as the objective selector does.
-                axis = page.locator("text.ytitle", has_text="test_accuracy").first
-                axis.wait_for(state="visible", timeout=60_000)
-                assert axis.text_content() == "test_accuracy"
-                assert page.get_by_text("Objective 0").count() == 0
-                page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-            finally:
-                browser.close()
+        with chromium_page(1400, 1000) as page:
+            page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}")
+            # The history plot's axis names the metric, as the objective selector does.
+            axis = page.locator("text.ytitle", has_text="test_accuracy").first
+            axis.wait_for(state="visible", timeout=60_000)
+            assert axis.text_content() == "test_accuracy"
+            assert page.get_by_text("Objective 0").count() == 0
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
         code, stderr = _stop(server, signal.SIGTERM)

@@ -2,7 +2,6 @@
 
 import html
 import re
-import shutil
 import statistics
 from pathlib import Path
 
@@ -17,9 +16,8 @@ from harness.config import load_study
 from harness.report import build_report
 from harness.stores import open_stores
 from harness.study import run_study
+from tests.conftest import chromium_page
 from tests.test_study import seed_runs, write_study
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -99,27 +97,17 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
 
 
 def test_page_renders_in_headless_chromium(tiny_study, tmp_path):
-    from playwright.sync_api import sync_playwright
 
     _, _, page_path = tiny_study
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(page_path.resolve().as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate(
-                "Array.from(document.images).map(i => [i.complete, i.naturalWidth])"
-            )
-            assert len(images) == len(list(page_path.parent.glob("*.png")))
-            assert all(done and width > 0 for done, width in images)
-            assert page.locator("#configurations tbody tr").count() == 7
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(1200, 900) as page:
+        page.goto(page_path.resolve().as_uri())
+        page.wait_for_load_state("load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
+        assert len(images) == len(list(page_path.parent.glob("*.png")))
+        assert all(done and width > 0 for done, width in images)
+        assert page.locator("#configurations tbody tr").count() == 7
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 
 

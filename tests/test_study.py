@@ -1,7 +1,6 @@
 """Studies through the CLI, at smoke scale, against real Optuna and MLflow stores."""
 
 import json
-import shutil
 import signal
 import socket
 import statistics
@@ -20,9 +19,9 @@ from optuna.trial import TrialState
 from harness.cli import main
 from harness.config import ConfigError, load_study
 from harness.stores import open_stores
+from tests.conftest import chromium_page
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TINY = {
     "train_subset": 640, "test_subset": 300, "subset_sampling": "stratified",
     "hidden": 100, "num_steps": 10, "eval_every": 5, "batch_size": 32,
@@ -213,8 +212,6 @@ def test_study_grid_and_seeds():
 
 
 def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, mnist_dir):
-    from playwright.sync_api import sync_playwright
-
     path = write_study(
         tmp_path, "ui", space={"beta": [0.8, 0.9]}, seeds=2, description="Two betas, two seeds each"
     )  # fmt: skip
@@ -233,27 +230,20 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
         )
         experiment_id = experiments["experiment"]["experiment_id"]
-        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
-            try:
-                page = browser.new_page(viewport={"width": 1600, "height": 1000})
-                page.goto(f"{base}/#/experiments/{experiment_id}/runs")
-                parent = page.get_by_text("ui/t000 beta=0.8", exact=True)
-                parent.wait_for(timeout=90_000)
-                assert page.get_by_text("ui/t001 beta=0.9", exact=True).is_visible()
-                assert page.get_by_text("Two betas, two seeds each").first.is_visible()
-                assert page.get_by_text("mnist-train-640").first.is_visible()  # Dataset column
-                assert page.get_by_text("6 matching runs").is_visible()
-                assert page.get_by_text("ui/t000/s1").count() == 0  # seeds folded under it
-                cell = parent.locator("xpath=ancestor::*[@role='gridcell'][1]")
-                cell.locator("button").first.click()  # unfold the configuration
-                page.get_by_text("ui/t000/s1", exact=True).wait_for(timeout=30_000)
-                assert page.get_by_text("ui/t000/s0", exact=True).is_visible()
-                assert page.get_by_text("ui/t001/s0").count() == 0
-            finally:
-                browser.close()
+        with chromium_page(1600, 1000) as page:
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs")
+            parent = page.get_by_text("ui/t000 beta=0.8", exact=True)
+            parent.wait_for(timeout=90_000)
+            assert page.get_by_text("ui/t001 beta=0.9", exact=True).is_visible()
+            assert page.get_by_text("Two betas, two seeds each").first.is_visible()
+            assert page.get_by_text("mnist-train-640").first.is_visible()  # Dataset column
+            assert page.get_by_text("6 matching runs").is_visible()
+            assert page.get_by_text("ui/t000/s1").count() == 0  # seeds folded under it
+            cell = parent.locator("xpath=ancestor::*[@role='gridcell'][1]")
+            cell.locator("button").first.click()  # unfold the configuration
+            page.get_by_text("ui/t000/s1", exact=True).wait_for(timeout=30_000)
+            assert page.get_by_text("ui/t000/s0", exact=True).is_visible()
+            assert page.get_by_text("ui/t001/s0").count() == 0
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from harness import __version__
 from harness.config import ConfigError, StudyConfig
+from harness.metrics import METRICS
 from harness.report import aggregate, figures
 from harness.stores import Stores
 
@@ -30,15 +31,7 @@ SUMMARY = "summary.json"  # each report's numbers, for the index of reports
 SUMMARY_FORMAT = 1
 INDEX = "index.html"
 
-TABLE_METRICS = (
-    ("test_accuracy", "test accuracy", 4),
-    ("rate_accuracy", "rate acc.", 4),
-    ("latency_accuracy", "latency acc.", 4),
-    ("test_loss", "test loss", 3),
-    ("train_seconds", "train s", 1),
-    ("hidden_firing_rate", "hidden rate", 4),
-    ("output_firing_rate", "output rate", 4),
-)
+TABLE_METRICS = tuple((name, spec.label, spec.digits) for name, spec in METRICS.items())
 
 
 def _cell(row: pd.Series, metric: str, digits: int) -> str:
