@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--b-tracking-uri", default=None, help="B's MLflow tracking URI")
     compare.add_argument(
         "--metric", default=None,
-        help="metric to compare (default: A's objective metric), e.g. test_loss, train_seconds",
+        help="metric to compare (default: A's first objective), e.g. test_loss, train_seconds",
     )  # fmt: skip
     compare.add_argument(
         "--alpha", type=float, default=0.05, help="level of the tests, 0 < alpha < 1 (0.05)"
@@ -196,6 +196,14 @@ def _train(args: argparse.Namespace) -> int:
             f"rate {m['rate_accuracy']:.4f}, latency {m['latency_accuracy']:.4f}; "
             f"test loss {m['test_loss']:.4f}; firing rate hidden {m['hidden_firing_rate']:.4f}, "
             f"output {m['output_firing_rate']:.4f}"
+        )
+        print(
+            f"per sample: {m['synops_effective_macs']:,.0f} MACs + "
+            f"{m['synops_effective_acs']:,.0f} ACs effective ({m['synops_dense']:,.0f} dense), "
+            f"{m['membrane_updates']:,.0f} membrane updates, activation sparsity "
+            f"{m['activation_sparsity']:.4f}; {m['parameter_count']:,.0f} parameters, "
+            f"footprint {m['footprint_bytes']:,.0f} B, connection sparsity "
+            f"{m['connection_sparsity']:.4f}"
         )
     if weights is not None and result.state_dict is not None:
         from harness.model import save_weights

@@ -143,10 +143,11 @@ def _stored_config(config: StudyConfig, study: optuna.Study) -> tuple[StudyConfi
 
 
 def direction_of(metric: str, config: StudyConfig) -> str | None:
-    """'maximize' or 'minimize' for the metric (the objective's own direction for the study's
-    objective metric), None where neither way is better (firing rates)."""
-    if metric == config.objective.metric:
-        return config.objective.direction
+    """'maximize' or 'minimize' for the metric (the objective's own direction for one of the
+    study's objective metrics), None where neither way is better (firing rates)."""
+    for objective in config.objectives:
+        if metric == objective.metric:
+            return objective.direction
     return METRIC_SPECS[metric].direction
 
 
@@ -220,8 +221,8 @@ def _side_stats(values: np.ndarray, confidence: float) -> dict[str, float]:
 def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) -> Comparison:
     """Match the two studies' configurations and test B - A on each (see module docstring).
 
-    `metric` defaults to A's objective metric; a configuration present on one side only is
-    kept, with verdict "only in A" or "only in B"."""
+    `metric` defaults to A's objective metric (its first, if several); a configuration
+    present on one side only is kept, with verdict "only in A" or "only in B"."""
     check_options(metric, alpha)
     metric = metric or a.config.objective.metric
     for side in (a, b):

@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -214,7 +215,7 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 # ---------------------------------------------------------------------------------------------
 # Study files: what varies, how Optuna searches it, how many seeds, what to optimise.
 
-SAMPLERS = ("grid", "tpe", "random", "qmc")
+SAMPLERS = ("grid", "tpe", "random", "qmc", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
 # The runs of one study share the data, loaded once onto one device: neither can vary.
 FIXED_KEYS = ("seed", "device")
@@ -249,6 +250,9 @@ class Choices(BaseModel):
 
 
 class Objective(BaseModel):
+    """A metric to optimise (a name of harness.metrics' table that may be an objective) and
+    which way."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     metric: str = "test_accuracy"
     direction: Literal["maximize", "minimize"] = "maximize"
@@ -279,12 +283,63 @@ class StudyConfig(BaseModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range | Choices] = Field(min_length=1)
-    sampler: Literal["grid", "tpe", "random", "qmc"] = "grid"
+    sampler: Literal["grid", "tpe", "random", "qmc", "nsga2"] = "grid"
     sampler_seed: int | None = Field(None, ge=0, description="seed of a search's sampler")
     n_trials: int | None = Field(None, ge=1)
     seeds: StrictInt | list[StrictInt] = 1
-    objective: Objective = Objective()
+    # A file gives `objective: {...}` (one) or `objectives: [{...}, ...]` (several, the first
+    # one leading wherever one is needed); both become this list.
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
     pruner: Pruner = Pruner()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_objective_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "objective" in data:
+            if "objectives" in data:
+                raise ValueError(
+                    "give either 'objective' (one metric) or 'objectives' (a list), not both"
+                )
+            single = data["objective"]
+            data = {k: v for k, v in data.items() if k != "objective"}
+            data["objectives"] = [single]
+        return data
+
+    @field_validator("objectives")
+    @classmethod
+    def _each_metric_once(cls, value: list[Objective]) -> list[Objective]:
+        names = [objective.metric for objective in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} named more than once (each metric once)")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _single_objective_as_written(self, handler: Any) -> dict[str, Any]:
+        """One objective dumps as `objective: {...}`, as before several were possible: the
+        stored config of a single-objective study stays what older versions wrote and read."""
+        data = handler(self)
+        if len(self.objectives) != 1:
+            return data
+        return {
+            ("objective" if k == "objectives" else k): (v[0] if k == "objectives" else v)
+            for k, v in data.items()
+        }
+
+    @property
+    def objective(self) -> Objective:
+        """The first (leading) objective: the one a single value needs (p vs best, compare's
+        default metric, the MLflow experiment's primary metric)."""
+        return self.objectives[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The objectives' metrics in order (Optuna's metric names, the values of a trial)."""
+        return [objective.metric for objective in self.objectives]
 
     @field_validator("name")
     @classmethod
@@ -315,6 +370,19 @@ class StudyConfig(BaseModel):
     def run_config(self, params: dict[str, Any], seed: int, source: str = "config") -> RunConfig:
         """The run config of one configuration and seed: base, then params, then the seed."""
         return make_run_config({**self.base, **params, "seed": seed}, source)
+
+
+def comparable_dump(dump: dict[str, Any]) -> dict[str, Any]:
+    """A study config as dumped (`model_dump(mode="json")`, or stored by an older version) in
+    one form for comparing: `objective: {...}` becomes `objectives: [{...}]`, so a stored
+    single-objective config equals the same file read now, whichever form either used."""
+    if not isinstance(dump, dict) or "objective" not in dump or "objectives" in dump:
+        return dump
+    single = dump["objective"]
+    return {
+        ("objectives" if k == "objective" else k): ([single] if k == "objective" else v)
+        for k, v in dump.items()
+    }
 
 
 def _check_study(study: StudyConfig, source: str) -> StudyConfig:
@@ -372,6 +440,11 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             space[key] = values
     if study.sampler != "grid" and study.n_trials is None:
         raise ConfigError(f"{source}: 'n_trials' is required for sampler '{study.sampler}'")
+    if study.pruner.type != "none" and study.multi_objective:
+        raise ConfigError(
+            f"{source}: pruner '{study.pruner.type}' with several objectives: Optuna cannot prune "
+            "a multi-objective study (set pruner: {type: none}, or give one objective)"
+        )
     if study.pruner.type != "none" and study.pruner.interval % base.eval_every:
         raise ConfigError(
             f"{source}: pruner.interval {study.pruner.interval} must be a multiple of "
@@ -385,7 +458,9 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
     return checked
 
 
-def _format_study_error(err: ValidationError, source: str) -> str:
+def _format_study_error(err: ValidationError, source: str, single_objective: bool = False) -> str:
+    """One line for a study file's first error; `single_objective`: the file wrote
+    `objective:`, which the schema reads as a list of one (its errors name `objective`)."""
     errors = err.errors()
     first = errors[0]
     if "list[any]" in first["loc"] and isinstance(first["input"], dict):
@@ -398,6 +473,10 @@ def _format_study_error(err: ValidationError, source: str) -> str:
     loc = [
         part for part in loc if part not in {"list[any]", "Range", "Choices", "int", "list[int]"}
     ]
+    if single_objective and loc[:2] == ["objectives", "0"]:
+        loc = ["objective", *loc[2:]]
+    if not loc and first["type"] == "value_error":  # a check across keys: its message names them
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     key = ".".join(loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
@@ -419,7 +498,8 @@ def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyC
     try:
         study = StudyConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_study_error(err, str(path))) from None
+        single = "objective" in data and "objectives" not in data
+        raise ConfigError(_format_study_error(err, str(path), single)) from None
     if study.name != path.stem:  # the name keys the stores and reports/NAME: one name each
         raise ConfigError(
             f"{path}: name '{study.name}' differs from the file's name '{path.stem}' "

@@ -14,6 +14,10 @@ using the closed-form LIF gradient of `neurons`:
 
 The arithmetic of each LIF step is snnTorch's, in its order, so spikes and membranes match
 the reference backend; only fc2's dot products are reassociated (vectorised).
+
+In eval mode the forward pass also counts each sample's activity while its values are in
+cache (`harness.efficiency`'s metrics): hidden spikes per neuron, both layers' membrane
+updates, output spikes. `input_operations` counts the synaptic operations the images cost fc1.
 """
 
 from __future__ import annotations
@@ -37,15 +41,64 @@ def _dot(a, b):
     return total
 
 
-@njit(fastmath={"reassoc", "nsz", "arcp"}, cache=True)
-def _total(rows):
-    """Sum of a 2-D array (reassociated, so it vectorises; exact for spike counts)."""
-    total = _F32(0.0)
-    for t in range(rows.shape[0]):
-        row = rows[t]
+# Activity counts (eval mode): sums of 0s and 1s in float32, vectorised and exact (at most
+# T per neuron, N per step), gathered into int64 / float64 per sample.
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
+def _spike_counts(s, counts, scratch):
+    """Adds each neuron's spikes over one sample's steps, s (T, N), to `counts` (N,)."""
+    scratch[:] = 0
+    for t in range(s.shape[0]):
+        row = s[t]
         for n in range(row.shape[0]):
-            total += row[n]
-    return total
+            scratch[n] += row[n]
+    for n in range(scratch.shape[0]):
+        counts[n] += scratch[n]
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
+def _changes(u):
+    """How many of one sample's membranes u (T, N) changed from one step to the next
+    (U[t] != U[t-1], t >= 1: NeuroBench's membrane updates after the first step)."""
+    zero, one = _F32(0.0), _F32(1.0)
+    changed = 0
+    for t in range(1, u.shape[0]):
+        now, before = u[t], u[t - 1]
+        step = zero
+        for n in range(now.shape[0]):
+            step += one if now[n] != before[n] else zero
+        changed += np.int64(step)
+    return changed
+
+
+@njit(parallel=True, fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
+def _input_operations(inputs, fan_out, zero, ops, odd):
+    """Per input vector (row): the sum of `fan_out` over its nonzero entries (in `zero`'s
+    type), and how many of its entries are neither 0, 1 nor -1 (float32). Sums of whole
+    numbers, so exact while below 2**24 in float32 and 2**53 in float64."""
+    none, one = _F32(0.0), _F32(1.0)
+    for b in prange(inputs.shape[0]):
+        row = inputs[b]
+        total, count = zero, none
+        for j in range(row.shape[0]):
+            v = row[j]
+            a = abs(v)
+            total += fan_out[j] if v != 0 else zero
+            count += one if (a != 0) & (a != 1) else none
+        ops[b] = total
+        odd[b] = count
+
+
+def input_operations(inputs: torch.Tensor, fan_out: torch.Tensor):
+    """`_input_operations` on CPU tensors: inputs (B, in) float32, fan_out (in,) float32 or
+    float64 -> ops (B,) of fan_out's type and the count of odd entries (B,) float32."""
+    inputs = inputs.detach().contiguous()
+    ops = fan_out.new_empty(inputs.shape[0])
+    odd = inputs.new_empty(inputs.shape[0])
+    zero = np.float32(0) if fan_out.dtype == torch.float32 else np.float64(0)
+    _input_operations(inputs.numpy(), fan_out.numpy(), zero, ops.numpy(), odd.numpy())
+    return ops, odd
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
@@ -165,7 +218,7 @@ def _chunks(batch: int) -> int:
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, hidden_count):
+def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, activity, counts, tallies):
     batch, hidden = cur1.shape
     outputs = w2.shape[0]
     for c in prange(chunks):
@@ -175,12 +228,19 @@ def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, hidden_c
         s2 = np.empty((num_steps, outputs), _F32)
         cur2 = np.empty(outputs, _F32)
         zeros_h, zeros_k = np.zeros(hidden, _F32), np.zeros(outputs, _F32)
+        scratch_h = np.empty(hidden if activity else 0, _F32)
+        scratch_k, output_counts = np.empty(outputs, _F32), np.zeros(outputs)
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
             _hidden_forward(cur1[b], beta, thr, u1, s1, zeros_h)
             _output_forward(s1, w2, b2, beta, thr, u2, s2, cur2, zeros_k)
             mem2[:, b, :] = u2
             spikes2[:, b, :] = s2
-            hidden_count[b] = _total(s1)
+            if activity:
+                _spike_counts(s1, counts[c], scratch_h)
+                _spike_counts(s2, output_counts, scratch_k)
+                tallies[c, 0] += _changes(u1)
+                tallies[c, 2] += _changes(u2)
+        tallies[c, 1] = np.int64(output_counts.sum())
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -219,24 +279,29 @@ def _backward(
 
 class _FusedLIFNet(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cur1, w2, b2, num_steps, beta, thr, surrogate, slope):
-        batch, outputs = cur1.shape[0], w2.shape[0]
+    def forward(ctx, cur1, w2, b2, num_steps, beta, thr, surrogate, slope, activity):
+        (batch, hidden), outputs = cur1.shape, w2.shape[0]
+        chunks = _chunks(batch)
         spikes = cur1.new_empty((num_steps, batch, outputs))
         membranes = cur1.new_empty((num_steps, batch, outputs))
-        hidden_count = cur1.new_empty(batch)
+        # Per chunk (thread): each hidden neuron's spikes (float64: exact), and the hidden
+        # layer's membrane updates, the output layer's spikes and its membrane updates.
+        counts = torch.zeros((chunks, hidden if activity else 0), dtype=torch.float64)
+        tallies = torch.zeros((chunks, 3), dtype=torch.int64)
         cur1, w2, b2 = cur1.detach().contiguous(), w2.detach().contiguous(), b2.detach()
         _forward(
-            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, _F32(beta), _F32(thr),
-            _chunks(batch), spikes.numpy(), membranes.numpy(), hidden_count.numpy(),
+            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, _F32(beta), _F32(thr), chunks,
+            spikes.numpy(), membranes.numpy(), activity, counts.numpy(), tallies.numpy(),
         )  # fmt: skip
         ctx.save_for_backward(cur1, w2, membranes)
         ctx.settings = (num_steps, beta, thr, surrogate, slope)
-        ctx.mark_non_differentiable(hidden_count)
+        counts, tallies = counts.sum(0).to(torch.int64), tallies.sum(0)
+        ctx.mark_non_differentiable(counts, tallies)
         ctx.set_materialize_grads(False)
-        return spikes, membranes, hidden_count.sum()
+        return spikes, membranes, counts, tallies
 
     @staticmethod
-    def backward(ctx, grad_spikes, grad_membranes, _):
+    def backward(ctx, grad_spikes, grad_membranes, *_):
         cur1, w2, membranes = ctx.saved_tensors
         num_steps, beta, thr, surrogate, slope = ctx.settings
         batch, chunks = cur1.shape[0], _chunks(cur1.shape[0])
@@ -255,7 +320,7 @@ class _FusedLIFNet(torch.autograd.Function):
         )  # fmt: skip
         grad_w2 = grad_w2.sum(0)
         grad_b2 = grad_b2.sum(0).to(w2.dtype)
-        return grad_cur1, grad_w2, grad_b2, None, None, None, None, None
+        return grad_cur1, grad_w2, grad_b2, None, None, None, None, None, None
 
 
 def fused_lif_net(
@@ -267,13 +332,18 @@ def fused_lif_net(
     threshold: float,
     surrogate: str,
     slope: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    activity: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hidden LIF layer, fc2 and output LIF layer on the CPU, from fc1's output (B, H).
 
-    Returns the output spikes and membranes (T, B, K) and the total hidden spike count.
+    Returns the output spikes and membranes (T, B, K), and, if `activity`, the layers'
+    activity over the batch (int64): each hidden neuron's spike count (H,), and (3,) the
+    hidden layer's membrane updates after the first step (how many U[t] != U[t-1], t >= 1),
+    the output layer's spikes and its membrane updates. Without it (training) nothing is
+    counted: an empty (0,) tensor and zeros.
     """
     if cur1.device.type != "cpu" or cur1.dtype != torch.float32:
         raise ValueError("fused_lif_net runs on float32 CPU tensors only")
     return _FusedLIFNet.apply(
-        cur1, fc2_weight, fc2_bias, num_steps, beta, threshold, surrogate, slope
+        cur1, fc2_weight, fc2_bias, num_steps, beta, threshold, surrogate, slope, activity
     )

@@ -27,5 +27,19 @@ METRICS: dict[str, Metric] = {
     "train_seconds": Metric("train s", 1, "minimize", objective=False),
     "hidden_firing_rate": Metric("hidden rate", 4, None, objective=False),
     "output_firing_rate": Metric("output rate", 4, None, objective=False),
+    # NeuroBench 2.3's metrics (computed by `harness.efficiency`; README "Efficiency metrics").
+    # Workload: per test sample, over the whole test set. Fewer operations cost less energy on
+    # any hardware, so the counts are minimised; sparser activity is what makes an SNN cheap
+    # on event-driven hardware, so activation sparsity is maximised (each only means something
+    # beside accuracy: a silent network is perfectly sparse and useless).
+    "activation_sparsity": Metric("act. sparsity", 4, "maximize"),
+    "synops_effective_macs": Metric("eff. MACs", 0, "minimize"),
+    "synops_effective_acs": Metric("eff. ACs", 0, "minimize"),
+    "synops_dense": Metric("dense synops", 0, "minimize"),
+    "membrane_updates": Metric("membrane updates", 0, "minimize"),
+    # Static: fixed by the configuration (hidden size), not learned, so not study objectives.
+    "footprint_bytes": Metric("footprint B", 0, "minimize", objective=False),
+    "parameter_count": Metric("parameters", 0, "minimize", objective=False),
+    "connection_sparsity": Metric("conn. sparsity", 4, "maximize", objective=False),
 }
 OBJECTIVE_METRICS = tuple(name for name, spec in METRICS.items() if spec.objective)

@@ -8,6 +8,8 @@
   scan, fc2 as one matrix product over all steps, the output layer as a second scan
   (`neurons.lif_scan`).
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
+In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
+metrics of `harness.efficiency`), the same counts on the same weights and images.
 """
 
 from __future__ import annotations
@@ -28,10 +30,37 @@ NUM_INPUTS = 28 * 28
 NUM_OUTPUTS = 10
 
 
+class Activity(NamedTuple):
+    """What the layers did over an evaluated batch, int64 (for `harness.efficiency`)."""
+
+    hidden_neuron_spikes: torch.Tensor  # (H,) spikes of each hidden neuron over the steps
+    hidden_membrane_updates: torch.Tensor  # how many U1[t] != U1[t-1], t >= 1
+    output_spikes: torch.Tensor  # output spikes over the steps
+    output_membrane_updates: torch.Tensor  # how many U2[t] != U2[t-1], t >= 1
+
+
 class NetOutput(NamedTuple):
     spikes: torch.Tensor  # output layer, (T, B, 10)
     membranes: torch.Tensor  # output layer, (T, B, 10)
     hidden_spikes: torch.Tensor | None  # total hidden spikes in the batch (eval mode only)
+    activity: Activity | None = None  # eval mode only
+
+
+def layer_activity(spikes: torch.Tensor, membranes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A layer's (T, B, N) spikes and membranes -> each neuron's spike count (N,) and its
+    membrane updates after the first step (how many U[t] != U[t-1], t >= 1), over the batch,
+    int64. Spikes are 0 or 1, so sums count them (exact in float32 over a batch; the faster
+    reductions on the CPU: bool sums over leading dimensions are ~20x slower)."""
+    counts = spikes.sum(1).to(torch.int64).sum(0)
+    return counts, torch.count_nonzero(membranes[1:] != membranes[:-1])
+
+
+def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
+    """The eval-mode output: the hidden layer's counts, and the output layer's from its
+    spikes and membranes."""
+    output_counts, output_updates = layer_activity(spikes, membranes)
+    activity = Activity(hidden_counts, hidden_updates, output_counts.sum(), output_updates)
+    return NetOutput(spikes, membranes, hidden_counts.sum(), activity)
 
 
 class FusedNet(nn.Module):
@@ -58,15 +87,19 @@ class FusedNet(nn.Module):
         numba = self.kernel == "numba" or (
             self.kernel == "auto" and cur1.device.type == "cpu" and cur1.dtype == torch.float32
         )
-        if numba:
-            spikes, membranes, hidden = fused_lif_net(
-                cur1, self.fc2.weight, self.fc2.bias, **self.lif
+        if numba:  # the kernel counts the activity too, in eval mode
+            spikes, membranes, counts, tallies = fused_lif_net(
+                cur1, self.fc2.weight, self.fc2.bias, **self.lif, activity=not self.training
             )
-        else:
-            spikes1, _ = lif_scan(cur1, **self.lif)
-            spikes, membranes = lif_scan(self.fc2(spikes1), **self.lif)
-            hidden = spikes1.sum()
-        return NetOutput(spikes, membranes, None if self.training else hidden)
+            if self.training:
+                return NetOutput(spikes, membranes, None)
+            activity = Activity(counts, *tallies)
+            return NetOutput(spikes, membranes, counts.sum(), activity)
+        spikes1, membranes1 = lif_scan(cur1, **self.lif)
+        spikes, membranes = lif_scan(self.fc2(spikes1), **self.lif)
+        if self.training:
+            return NetOutput(spikes, membranes, None)
+        return _eval_output(spikes, membranes, *layer_activity(spikes1, membranes1))
 
 
 class ReferenceNet(nn.Module):
@@ -86,17 +119,26 @@ class ReferenceNet(nn.Module):
         mem1 = self.lif1.init_leaky()
         mem2 = self.lif2.init_leaky()
         spk2_rec, mem2_rec = [], []
-        hidden_spikes = None if self.training else x.new_zeros(())
-        for _ in range(self.num_steps):
+        counts = updates = None
+        if not self.training:  # the hidden layer's activity, counted as it goes
+            counts = x.new_zeros(self.fc1.out_features, dtype=torch.int64)
+            updates = x.new_zeros((), dtype=torch.int64)
+        for step in range(self.num_steps):
             cur1 = self.fc1(x)
+            previous = mem1
             spk1, mem1 = self.lif1(cur1, mem1)
             cur2 = self.fc2(spk1)
             spk2, mem2 = self.lif2(cur2, mem2)
             spk2_rec.append(spk2)
             mem2_rec.append(mem2)
-            if hidden_spikes is not None:
-                hidden_spikes += spk1.sum()
-        return NetOutput(torch.stack(spk2_rec), torch.stack(mem2_rec), hidden_spikes)
+            if counts is not None:  # (as `layer_activity`)
+                counts += spk1.sum(0).to(torch.int64)
+                if step:
+                    updates += torch.count_nonzero(mem1 != previous)
+        spikes, membranes = torch.stack(spk2_rec), torch.stack(mem2_rec)
+        if counts is None:
+            return NetOutput(spikes, membranes, None)
+        return _eval_output(spikes, membranes, counts, updates)
 
 
 BACKENDS = {"fused": FusedNet, "reference": ReferenceNet}

@@ -2,13 +2,15 @@
 training run, logged to MLflow.
 
 A trial is one configuration; its seeds run inside it and its value is the mean objective
-over them. A grid study enqueues each point once, and workers pop them from Optuna's queue,
-so a point is trained once however many workers share the study. A search asks the sampler
-until `n_trials` trials have settled. Rerunning a study resumes it: settled configurations are
-kept; a trial whose worker died or was stopped is marked FAIL (its unfinished MLflow runs
-KILLED, all its runs tagged `harness.trial_failed`) and its configuration runs again, reusing
-the seeds that had finished. Every reader counts only the runs of the trial that settled a
-configuration (`settled_trials`), so a configuration is never counted twice.
+over them (with several objectives, the list of their means: a multi-objective study, whose
+result is a Pareto front, `pareto_trials`). A grid study enqueues each point once, and workers
+pop them from Optuna's queue, so a point is trained once however many workers share the
+study. A search asks the sampler until `n_trials` trials have settled. Rerunning a study
+resumes it: settled configurations are kept; a trial whose worker died or was stopped is
+marked FAIL (its unfinished MLflow runs KILLED, all its runs tagged `harness.trial_failed`)
+and its configuration runs again, reusing the seeds that had finished. Every reader counts
+only the runs of the trial that settled a configuration (`settled_trials`), so a
+configuration is never counted twice.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from mlflow.tracking import MlflowClient
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from harness import data, interrupt
-from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig
+from harness import data, efficiency, interrupt
+from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig, comparable_dump
+from harness.metrics import METRICS
 from harness.stores import Stores
 from harness.tracking import (
     RunLogger,
@@ -63,11 +66,19 @@ class TrialTaken(Exception):  # noqa: N818 (a signal, not an error)
 
 def _sampler(study: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
     seed = study.sampler_seed if seed is None else seed
-    if study.sampler == "tpe":
+    if study.sampler == "tpe":  # Optuna's TPE is multi-objective (MOTPE) when the study is
         return optuna.samplers.TPESampler(n_startup_trials=min(10, study.n_trials or 10), seed=seed)
+    if study.sampler == "nsga2":  # its generations live in the study, not in the sampler
+        return optuna.samplers.NSGAIISampler(population_size=population_size(study), seed=seed)
     if study.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)  # a grid's points come from the queue
+
+
+def population_size(study: StudyConfig) -> int:
+    """NSGA-II's generation size: a third of the trials (at least 4, at most Optuna's default
+    50), so a search of n_trials sees about three generations after the random first one."""
+    return max(4, min(50, (study.n_trials or 150) // 3))
 
 
 def _trial_seed(sampler_seed: int, number: int) -> int:
@@ -107,12 +118,13 @@ def _changes(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") 
 def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     """Create or load the Optuna study of a study file. A study is bound to the file it was
     created from: a rerun with other settings (base, space, seeds, sampler, objective, pruner)
-    is refused, since its results would silently mix with the old ones."""
+    is refused, since its results would silently mix with the old ones. A study has one
+    direction per objective, and its objectives' metric names (Optuna's dashboard, reports)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=config.name,
         storage=stores.storage,
-        direction=config.objective.direction,
+        directions=[objective.direction for objective in config.objectives],
         sampler=_sampler(config),
         pruner=_pruner(config),
         load_if_exists=True,
@@ -120,7 +132,13 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     current = config.model_dump(mode="json")
     stored = study.user_attrs.get("config")
     if stored is not None:
-        changed = _changes(stored, current)
+        # One objective is stored as `objective: {...}`, several as `objectives: [...]`:
+        # where the two sides differ in form, both are compared as lists.
+        mixed = ("objective" in stored) != ("objective" in current)
+        before, now = (
+            (comparable_dump(stored), comparable_dump(current)) if mixed else (stored, current)
+        )
+        changed = _changes(before, now)
         if changed:
             raise ConfigError(
                 f"study '{config.name}' in {stores.description} was run with another version "
@@ -130,10 +148,10 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     if stored != current:
         study.set_user_attr("description", config.description)
         study.set_user_attr("config", current)
-    if study.metric_names != [config.objective.metric]:  # names the axes in optuna-dashboard
+    if study.metric_names != config.metric_names:  # names the axes in optuna-dashboard
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([config.objective.metric])
+            study.set_metric_names(config.metric_names)
     return study
 
 
@@ -516,7 +534,8 @@ def run_trial(
                     return
             trial.set_user_attr(OUTCOME, "finished")
             finish_parent_run(client, parent, runs, "finished")
-            study.tell(trial, statistics.fmean(run[config.objective.metric] for run in runs))
+            values = [statistics.fmean(run[name] for run in runs) for name in config.metric_names]
+            study.tell(trial, values if config.multi_objective else values[0])
     except (TrialTaken, UpdateFinishedTrialError):
         if logger is not None:
             _best_effort(logger.abort, "KILLED", "another worker took this trial")
@@ -612,9 +631,26 @@ def run_study(
 def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: float) -> str:
     outcome = trial.user_attrs.get(OUTCOME, trial.state.name.lower())
     head = f"trial {trial.number:3d} {_params_text(trial.params)}"
+    if trial.state == TrialState.COMPLETE and config.multi_objective:
+        return f"{head}: {_values_text(config, trial.values)} ({seconds:.1f} s)"
     if trial.state == TrialState.COMPLETE:
         return f"{head}: {config.objective.metric} {trial.value:.4f} ({seconds:.1f} s)"
     return f"{head}: {outcome} {trial.user_attrs.get('message', '')} ({seconds:.1f} s)"
+
+
+def _values_text(config: StudyConfig, values: list[float]) -> str:
+    """`metric value, metric value`: a trial's objective values, each with its metric's digits."""
+    return ", ".join(
+        f"{name} {value:.{METRICS[name].digits}f}"
+        for name, value in zip(config.metric_names, values, strict=True)
+    )
+
+
+def pareto_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials no other complete trial beats in every objective (Optuna's
+    `best_trials`: the Pareto front; for one objective, the best trial and its ties), in
+    trial order."""
+    return sorted(study.best_trials, key=lambda t: t.number)
 
 
 def trained_seconds_since(
@@ -654,9 +690,35 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
                 "test_accuracy": _mean_sd([r["test_accuracy"] for r in runs]),
                 "test_loss": _mean_sd([r["test_loss"] for r in runs]),
                 "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
+                "efficiency": {  # means (runs logged before these metrics lack them)
+                    name: _mean_sd([r[name] for r in runs if name in r])[0]
+                    for name in efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS
+                },
             }
         )
     return rows
+
+
+def _mark_pareto(
+    lines: list[str], rows: list[dict[str, Any]], study: optuna.Study, config: StudyConfig
+) -> list[str]:
+    """The table's lines (a header, then one per row) with a `*` column before the rows of
+    the Pareto-optimal configurations, and the front listed below with its objective values."""
+    front = pareto_trials(study)
+    numbers = {t.number for t in front}
+    marked = [f"  {lines[0]}"] + [
+        f"{'*' if row['trial'] in numbers else ' '} {line}"
+        for row, line in zip(rows, lines[1 : 1 + len(rows)], strict=True)
+    ]
+    goals = ", ".join(f"{o.metric} {o.direction[:3]}" for o in config.objectives)
+    marked.append(f"* Pareto-optimal ({goals}): {len(front)} of {len(rows)} configurations")
+    first = config.objective
+    front.sort(key=lambda t: t.values[0], reverse=first.direction == "maximize")
+    marked += [
+        f"  trial {t.number} {_params_text(t.params)}: {_values_text(config, t.values)}"
+        for t in front
+    ]
+    return marked + lines[1 + len(rows) :]
 
 
 def format_table(study: optuna.Study, config: StudyConfig) -> str:
@@ -665,11 +727,12 @@ def format_table(study: optuna.Study, config: StudyConfig) -> str:
     if not rows:
         return "no finished configurations yet"
     width = max(len(_params_text(r["params"])) for r in rows)
+    extra, extras = efficiency.table_columns([r["efficiency"] for r in rows])  # where they vary
     lines = [
         f"{'trial':>5}  {'configuration':<{width}}  {'outcome':<9}{'seeds':>5}"
-        f"{'test accuracy':>20}{'test loss':>20}{'s/run':>8}"
+        f"{'test accuracy':>20}{'test loss':>20}{'s/run':>8}{extra}"
     ]
-    for r in rows:
+    for r, more in zip(rows, extras, strict=True):
         cells = [
             "-" if math.isnan(mean) else f"{mean:.4f} ± {sd:.4f}"
             for mean, sd in (r["test_accuracy"], r["test_loss"])
@@ -677,9 +740,11 @@ def format_table(study: optuna.Study, config: StudyConfig) -> str:
         seconds = "-" if math.isnan(r["train_seconds"]) else f"{r['train_seconds']:.1f}"
         lines.append(
             f"{r['trial']:>5}  {_params_text(r['params']):<{width}}  {r['outcome']:<9}"
-            f"{r['seeds']:>5}{cells[0]:>20}{cells[1]:>20}{seconds:>8}"
+            f"{r['seeds']:>5}{cells[0]:>20}{cells[1]:>20}{seconds:>8}{more}"
         )
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if complete and config.multi_objective:  # a front, not one best: marked, then listed
+        return "\n".join(_mark_pareto(lines, rows, study, config))
     if complete:
         best = study.best_trial
         metric = config.objective.metric

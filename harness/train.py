@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness import decoding
+from harness import decoding, efficiency
 from harness.config import ConfigError, RunConfig
 from harness.data import Batch, Dataset, Split, test_batches, train_batches
 from harness.metrics import METRICS
@@ -105,12 +105,15 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.devi
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[str, float]:
-    """Loss of the run's decoding, both accuracies and firing rates over a whole split."""
+    """Loss of the run's decoding, both accuracies, firing rates and the efficiency metrics
+    (`harness.efficiency`: NeuroBench's, per sample) over a whole split."""
     model.eval()
     batch_size = max(config.batch_size, 25_000 // config.num_steps)
     loss_sum = rate_hits = latency_hits = hidden = output = 0.0
+    workload = efficiency.Workload(model, config.num_steps)
     for images, labels in test_batches(split, batch_size):
         out = model(images)
+        workload.add(images, out)
         loss_sum += float(decoding.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
             labels
         )
@@ -128,6 +131,8 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         "latency_accuracy": latency_acc,
         "hidden_firing_rate": hidden / (count * config.hidden * config.num_steps),
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
+        **workload.metrics(),
+        **efficiency.static_metrics(model),
     }
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from scipy import stats
 
-from harness.config import StudyConfig
+from harness.config import Objective, StudyConfig
 from harness.study import grid_key, settled, settled_run_ids, settled_trials
 from harness.tracking import search_all_runs
 from harness.train import FINAL_METRICS
@@ -129,10 +129,36 @@ def _missing(config: StudyConfig, study: optuna.Study | None) -> list[str]:
     return notes
 
 
+def label_of(data: StudyData, row: pd.Series) -> str:
+    """A configuration by the parameters the study varied (its figures' point labels)."""
+    return _label({k: row[k] for k in data.varied if k in row}, data.varied)
+
+
+def pareto_mask(table: pd.DataFrame, objectives: list[Objective], eligible=None) -> pd.Series:
+    """Which rows are Pareto-optimal on the objectives' `METRIC_mean` columns: no other
+    (eligible) row is at least as good in every objective and better in one. Rows with a
+    missing mean, or not `eligible` (a boolean Series), are never optimal."""
+    signs = [1.0 if o.direction == "maximize" else -1.0 for o in objectives]
+    columns = [f"{o.metric}_mean" for o in objectives]
+    if table.empty or any(c not in table for c in columns):
+        return pd.Series(False, index=table.index, dtype=bool)
+    scores = table[columns].to_numpy(dtype=float) * signs  # higher is better in every column
+    ok = ~pd.isna(scores).any(axis=1)
+    if eligible is not None:
+        ok &= pd.Series(eligible, index=table.index).fillna(False).to_numpy(dtype=bool)
+    optimal = []
+    for i, score in enumerate(scores):
+        dominated = ok & (scores >= score).all(axis=1) & (scores > score).any(axis=1)
+        optimal.append(bool(ok[i] and not dominated.any()))
+    return pd.Series(optimal, index=table.index, dtype=bool)
+
+
 def configurations(data: StudyData) -> pd.DataFrame:
     """One row per configuration: mean, sd and 95 % confidence interval over its seeds, and
     `p_vs_best`: Welch's t-test of its objective values against the best configuration's
-    (NaN for the best itself, or with fewer than 2 seeds on either side)."""
+    (NaN for the best itself, or with fewer than 2 seeds on either side). With several
+    objectives, "best" is in the first one, and `pareto` marks the Pareto-optimal
+    configurations (among those whose trial completed: as the study's own front)."""
     finished = data.runs[data.runs["status"] == "finished"] if not data.runs.empty else data.runs
     if finished.empty:
         return pd.DataFrame()
@@ -140,6 +166,7 @@ def configurations(data: StudyData) -> pd.DataFrame:
     rows = []
     for label, group in finished.groupby("config", sort=False):
         row: dict[str, Any] = {"config": label, "seeds": len(group)}
+        row["_trial"] = int(group["trial"].iloc[0])
         row.update({k: group[k].iloc[0] for k in keys})
         for metric in METRICS:
             values = group[metric].dropna()
@@ -166,7 +193,13 @@ def configurations(data: StudyData) -> pd.DataFrame:
         else math.nan
         for label in table["config"]
     ]
-    return table
+    if data.config.multi_objective:
+        eligible = None
+        if data.study is not None:
+            complete = data.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            eligible = table["_trial"].isin({t.number for t in complete})
+        table["pareto"] = pareto_mask(table, data.config.objectives, eligible)
+    return table.drop(columns="_trial")
 
 
 def counts(data: StudyData) -> dict[str, int]:
@@ -177,16 +210,17 @@ def counts(data: StudyData) -> dict[str, int]:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Complete trials in order, with the best value so far (the optimisation history)."""
+    """Complete trials in order, with the best value so far (the optimisation history); with
+    several objectives, of the first one (`value`), each one's values as `values`."""
     rows = [
-        {"trial": t.number, "value": t.value}
+        {"trial": t.number, "value": t.values[0], "values": list(t.values)}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     ]
-    frame = pd.DataFrame(rows, columns=["trial", "value"])
+    frame = pd.DataFrame(rows, columns=["trial", "value", "values"])
     if not frame.empty:
         best = (
             frame["value"].cummax()
-            if study.direction.name == "MAXIMIZE"
+            if study.directions[0].name == "MAXIMIZE"
             else frame["value"].cummin()
         )
         frame["best so far"] = best

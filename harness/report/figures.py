@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,10 +14,13 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.report.aggregate import StudyData, trials_frame  # noqa: E402
+from harness.config import StudyConfig  # noqa: E402
+from harness.metrics import METRICS  # noqa: E402
+from harness.report.aggregate import StudyData, label_of, trials_frame  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})  # text stays text
 SMOOTH = 10  # iterations in the rolling mean of the train-loss curve
+MAX_LABELS = 16  # a Pareto figure labels every point up to this many, else the front only
 
 
 @dataclass
@@ -122,23 +126,36 @@ def loss_curves(data: StudyData) -> list[Figure]:
 
 
 def heatmap(data: StudyData, table: pd.DataFrame) -> list[Figure]:
-    """Mean test accuracy over two parameters that vary together."""
+    """Mean test accuracy over two parameters that vary together (and each other objective's
+    mean, in a study of several)."""
     if len(data.varied) < 2 or table.empty or data.config.sampler != "grid":
         return []
     rows, cols = data.varied[0], data.varied[1]
-    grid = table.pivot_table(index=rows, columns=cols, values="test_accuracy_mean")
-    fig, ax = plt.subplots(figsize=(1.2 * len(grid.columns) + 3, 0.6 * len(grid) + 2))
-    sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "accuracy"})
-    fig.tight_layout()
-    return [
-        Figure(
-            f"heatmap_{rows}_{cols}",
-            f"Test accuracy over {rows} and {cols}",
-            f"Mean test accuracy over seeds for each combination of {rows} and {cols}"
-            + (", averaged over the other varied parameters." if len(data.varied) > 2 else "."),
-            fig,
+    metrics = ["test_accuracy"] + [m for m in data.config.metric_names if m != "test_accuracy"]
+    figures = []
+    for metric in metrics:
+        if table[f"{metric}_mean"].isna().all():
+            continue
+        grid = table.pivot_table(index=rows, columns=cols, values=f"{metric}_mean")
+        fig, ax = plt.subplots(figsize=(1.2 * len(grid.columns) + 3, 0.6 * len(grid) + 2))
+        accuracy = metric == "test_accuracy"
+        sns.heatmap(
+            grid, annot=True, fmt=".3f" if accuracy else ".4g", cmap="viridis", ax=ax,
+            cbar_kws={"label": "accuracy" if accuracy else _metric_label(metric)},
+        )  # fmt: skip
+        fig.tight_layout()
+        what = "test accuracy" if accuracy else _metric_label(metric)
+        figures.append(
+            Figure(
+                f"heatmap_{rows}_{cols}" if accuracy else f"heatmap_{metric}_{rows}_{cols}",
+                f"{what[0].upper()}{what[1:]} over {rows} and {cols}",
+                f"Mean {what if accuracy else f'{what} ({metric})'} over seeds for each "
+                f"combination of {rows} and {cols}"
+                + (", averaged over the other varied parameters." if len(data.varied) > 2 else "."),
+                fig,
+            )
         )
-    ]
+    return figures
 
 
 def rate_vs_latency(data: StudyData) -> list[Figure]:
@@ -166,44 +183,161 @@ def rate_vs_latency(data: StudyData) -> list[Figure]:
     ]
 
 
-def search_figures(study: optuna.Study) -> list[Figure]:
-    """Optimisation history and parameter importances of a search."""
+def _metric_label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric.replace("_", " ")
+
+
+def _axis_label(metric: str, direction: str) -> str:
+    return f"{_metric_label(metric)} ({'higher' if direction == 'maximize' else 'lower'} is better)"
+
+
+def pareto_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
+    """With several objectives: the first against each other one (say, accuracy against
+    synaptic operations), a point per configuration at its means, error bars one sd over its
+    seeds, the Pareto-optimal ones marked and (two objectives) the front drawn."""
+    objectives = data.config.objectives
+    if len(objectives) < 2 or table.empty or "pareto" not in table:
+        return []
+    first = objectives[0]
+    figures = []
+    for other in objectives[1:]:
+        x, y = f"{other.metric}_mean", f"{first.metric}_mean"
+        points = table.dropna(subset=[x, y])
+        if points.empty:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for optimal, colour, name in (
+            (False, "C0", "configuration"),
+            (True, "C3", "Pareto-optimal"),
+        ):
+            part = points[points["pareto"] == optimal]
+            if part.empty:
+                continue
+            ax.errorbar(
+                part[x], part[y], xerr=part[f"{other.metric}_sd"].fillna(0),
+                yerr=part[f"{first.metric}_sd"].fillna(0), fmt="o", color=colour, ecolor=colour,
+                alpha=0.8, capsize=3, label=name,
+            )  # fmt: skip
+        front = points[points["pareto"]].sort_values(x)
+        if len(objectives) == 2 and len(front) > 1:  # the boundary of what the front dominates
+            ax.step(
+                front[x], front[y], where="post" if other.direction == "minimize" else "pre",
+                color="C3", ls="--", lw=1, label="Pareto front",
+            )  # fmt: skip
+        every = len(points) <= MAX_LABELS
+        for _, row in points.iterrows():
+            if every or row["pareto"]:
+                ax.annotate(
+                    label_of(data, row), (row[x], row[y]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7, color="#333",
+                )  # fmt: skip
+        if points[x].min() > 0 and points[x].max() / points[x].min() >= 50:
+            ax.set_xscale("log")
+        ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+        ax.set_xlabel(_axis_label(other.metric, other.direction))
+        ax.set_ylabel(_axis_label(first.metric, first.direction))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        where = (
+            "the dashed staircase is the front"
+            if len(objectives) == 2
+            else f"optimal over all {len(objectives)} objectives, so no front is drawn here"
+        )
+        labelled = (
+            "Points are labelled by the parameters the study varied"
+            if every
+            else f"Pareto-optimal points are labelled by the parameters the study varied (more "
+            f"than {MAX_LABELS} points)"
+        )
+        figures.append(
+            Figure(
+                f"pareto_{first.metric}_vs_{other.metric}",
+                f"{_metric_label(first.metric)} against {_metric_label(other.metric)}",
+                f"One point per configuration at its mean over seeds, error bars one standard "
+                f"deviation over seeds. Red points are Pareto-optimal: no other configuration is "
+                f"as good in every objective and better in one ({where}). {labelled}.",
+                fig,
+            )
+        )
+    return figures
+
+
+def search_figures(study: optuna.Study, config: StudyConfig) -> list[Figure]:
+    """Optimisation history and parameter importances of a search (with several objectives:
+    the history of the first one, the importances for each)."""
     history = trials_frame(study)
+    first = config.objective.metric
+    several = config.multi_objective
     figures = []
     if len(history) >= 2:
         fig, ax = plt.subplots(figsize=(7, 4))
         sns.scatterplot(history, x="trial", y="value", ax=ax, label="trial")
         sns.lineplot(history, x="trial", y="best so far", ax=ax, color="C3", label="best so far")
-        ax.set_ylabel("objective")
+        ax.set_ylabel(first if several else "objective")
         ax.grid(alpha=0.3)
         fig.tight_layout()
         figures.append(
             Figure(
                 "optimisation_history",
                 "Optimisation history",
-                "The objective of each complete trial in the order they ran, and the best so far.",
+                (
+                    f"The first objective ({first}) of each complete trial in the order they "
+                    "ran, and the best so far in it alone (the search looks for the Pareto "
+                    "front of all its objectives, not for this best)."
+                    if several
+                    else "The objective of each complete trial in the order they ran, and the "
+                    "best so far."
+                ),
                 fig,
             )
         )
     if len(history) >= 3:
-        importances = optuna.importance.get_param_importances(study)
-        frame = pd.DataFrame(
-            {"parameter": list(importances), "importance": list(importances.values())}
-        )
-        fig, ax = plt.subplots(figsize=(7, 0.5 * len(frame) + 1.5))
-        sns.barplot(frame, x="importance", y="parameter", ax=ax, color="C0")
+        frame = _importances(study, config)
+        bars = frame["parameter"].nunique() * frame["objective"].nunique()
+        fig, ax = plt.subplots(figsize=(7, 0.5 * bars + 1.5))
+        sns.barplot(
+            frame, x="importance", y="parameter", hue="objective" if several else None, ax=ax,
+            color=None if several else "C0",
+        )  # fmt: skip
         ax.grid(alpha=0.3, axis="x")
         fig.tight_layout()
         figures.append(
             Figure(
                 "parameter_importances",
                 "Parameter importances",
-                "How much of the objective's variation each parameter explains, by Optuna's "
-                "default importance evaluator (fANOVA) over the complete trials.",
+                "How much each parameter matters for reaching the best complete trials, by "
+                "Optuna's default importance evaluator (PED-ANOVA: how differently a parameter "
+                "is distributed among the top trials than among all)"
+                + (", for each objective on its own." if several else "."),
                 fig,
             )
         )
     return figures
+
+
+def _importances(study: optuna.Study, config: StudyConfig) -> pd.DataFrame:
+    """parameter, importance, objective: Optuna's parameter importances, for each objective
+    of a multi-objective study (as a target to minimise: maximised ones negated)."""
+    if not config.multi_objective:
+        found = {config.objective.metric: optuna.importance.get_param_importances(study)}
+    else:
+        found = {}
+        for index, objective in enumerate(config.objectives):
+            sign = -1.0 if objective.direction == "maximize" else 1.0
+            with warnings.catch_warnings():  # "computes the importances ... low target values"
+                warnings.simplefilter("ignore", UserWarning)
+                found[objective.metric] = optuna.importance.get_param_importances(
+                    study, target=lambda t, i=index, s=sign: s * t.values[i]
+                )
+    return pd.DataFrame(
+        [
+            {"parameter": name, "importance": value, "objective": metric}
+            for metric, importances in found.items()
+            for name, value in importances.items()
+        ],
+        columns=["parameter", "importance", "objective"],
+    )
 
 
 def all_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
@@ -215,8 +349,9 @@ def all_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
         figures += loss_curves(data)
         figures += heatmap(data, table)
         figures += rate_vs_latency(data)
+        figures += pareto_figures(data, table)
     if data.study is not None and data.config.sampler != "grid":
-        figures += search_figures(data.study)
+        figures += search_figures(data.study, data.config)
     return figures
 
 

@@ -30,8 +30,23 @@ from harness.stores import Stores
 SUMMARY = "summary.json"  # each report's numbers, for the index of reports
 SUMMARY_FORMAT = 1
 INDEX = "index.html"
+PDF_FRONT = 8  # Pareto-optimal configurations listed on the PDF's summary page
 
-TABLE_METRICS = tuple((name, spec.label, spec.digits) for name, spec in METRICS.items())
+
+def table_metrics(table: pd.DataFrame) -> list[tuple[str, str, int]]:
+    """(metric, label, digits) of the metrics the configurations table shows: all of them for a
+    single configuration; else test accuracy and those that differ between configurations (a
+    column equal everywhere, such as the parameter count of a beta sweep, says nothing)."""
+
+    def varies(name: str, digits: int) -> bool:
+        column = f"{name}_mean"
+        return column in table and table[column].round(digits).nunique() > 1
+
+    return [
+        (name, spec.label, spec.digits)
+        for name, spec in METRICS.items()
+        if len(table) <= 1 or name == "test_accuracy" or varies(name, spec.digits)
+    ]
 
 
 def _cell(row: pd.Series, metric: str, digits: int) -> str:
@@ -45,14 +60,49 @@ def _cell(row: pd.Series, metric: str, digits: int) -> str:
 
 
 def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Column names and formatted cells of the configurations table."""
-    columns = ["configuration", "seeds", "p vs best"] + [label for _, label, _ in TABLE_METRICS]
+    """Column names and formatted cells of the configurations table (with several
+    objectives, a "Pareto" column marks the Pareto-optimal configurations)."""
+    pareto = "pareto" in table
+    columns = ["configuration", "seeds", "p vs best"] + (["Pareto"] if pareto else [])
+    shown = table_metrics(table)
+    columns += [label for _, label, _ in shown]
     rows = [
         [row["config"], str(row["seeds"]), _p_cell(row)]
-        + [_cell(row, m, d) for m, _, d in TABLE_METRICS]
+        + (["yes" if row["pareto"] else ""] if pareto else [])
+        + [_cell(row, m, d) for m, _, d in shown]
         for _, row in table.iterrows()
     ]
     return columns, rows
+
+
+def _front(config: StudyConfig, table: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal rows of the configurations table, best first in the first objective."""
+    if "pareto" not in table:
+        return table.iloc[0:0]
+    first = config.objective
+    return table[table["pareto"]].sort_values(
+        f"{first.metric}_mean", ascending=first.direction == "minimize"
+    )
+
+
+def pareto_rows(config: StudyConfig, table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of the table of Pareto-optimal configurations: each objective's
+    mean ± sd over seeds (CI half-width), best first in the first objective."""
+    digits = {name: spec.digits for name, spec in METRICS.items()}
+    columns = ["configuration", "seeds"] + [
+        f"{_label(o.metric)} ({'max' if o.direction == 'maximize' else 'min'})"
+        for o in config.objectives
+    ]
+    rows = [
+        [row["config"], str(row["seeds"])]
+        + [_cell(row, o.metric, digits.get(o.metric, 4)) for o in config.objectives]
+        for _, row in _front(config, table).iterrows()
+    ]
+    return columns, rows
+
+
+def _label(metric: str) -> str:
+    return METRICS[metric].label if metric in METRICS else metric
 
 
 def _p_cell(row: pd.Series) -> str:
@@ -63,15 +113,23 @@ def _p_cell(row: pd.Series) -> str:
 
 
 def _best(data: aggregate.StudyData, table: pd.DataFrame) -> str:
+    """The best configuration in the (first) objective; with several objectives, also how
+    many are Pareto-optimal."""
     objective = data.config.objective
     if table.empty:
         return "none yet"
     column = f"{objective.metric}_mean"
     ordered = table.sort_values(column, ascending=objective.direction == "minimize")
     best = ordered.iloc[0]
-    return (
+    text = (
         f"{best['config']}: {objective.metric} {best[column]:.4f} (mean of {best['seeds']} seeds)"
     )
+    if "pareto" in table:
+        text += (
+            f", best in the first of {len(data.config.objectives)} objectives; "
+            f"{int(table['pareto'].sum())} of {len(table)} configurations are Pareto-optimal"
+        )
+    return text
 
 
 def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
@@ -91,6 +149,7 @@ def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
         "run_counts": ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none",
         "devices": ", ".join(sorted(set(runs["device"]))) if not runs.empty else "-",
         "compute_time": f"{seconds:.0f} s of training ({seconds / 60:.1f} min)",
+        "objectives": ", ".join(f"{o.metric} ({o.direction})" for o in data.config.objectives),
         "best": _best(data, table),
         "reproduce": "\n".join(
             [
@@ -105,12 +164,20 @@ def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
     }
 
 
-def _pdf(path: Path, summary: dict[str, str], columns, rows, figure_list, missing) -> None:
+def _pdf(
+    path: Path, summary: dict[str, str], columns, rows, figure_list, missing, front=()
+) -> None:
+    """A summary page (with several objectives, the Pareto-optimal configurations listed:
+    `front`, rows of `pareto_rows`), then a page per figure."""
     with PdfPages(path) as pdf:
         page = plt.figure(figsize=(11.7, 8.3))
         lines = [f"Study {summary['name']}", "", summary["description"], ""]
-        for key in ("varied", "sampler", "run_counts", "devices", "compute_time", "best"):
+        keys = ("varied", "sampler", "objectives", "run_counts", "devices", "compute_time", "best")
+        for key in keys:
             lines.append(f"{key.replace('_', ' ')}: {summary[key]}")
+        lines += [f"Pareto-optimal: {row[0]}: {'; '.join(row[2:])}" for row in front[:PDF_FRONT]]
+        if len(front) > PDF_FRONT:  # the page's table is below: the text must end above it
+            lines.append(f"Pareto-optimal: {len(front) - PDF_FRONT} more (index.html lists all)")
         lines += [f"not complete: {note}" for note in missing]
         page.text(0.04, 0.96, "\n".join(lines), va="top", fontsize=9, wrap=True)
         if rows:
@@ -176,6 +243,7 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     for figure in figure_list:
         figures.save_png(figure, folder)
     columns, rows = table_rows(table)
+    pareto_columns, front = pareto_rows(data.config, table)
     summary = _summary(data, table)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("harness.report", "templates"),
@@ -186,6 +254,10 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
         **summary,
         columns=columns,
         rows=rows,
+        pareto_columns=pareto_columns,
+        pareto=front,
+        multi_objective=data.config.multi_objective,
+        first_objective=data.config.objective.metric,
         missing=data.missing,
         figures=[
             {"file": f"{f.name}.png", "title": f.title, "caption": f.caption} for f in figure_list
@@ -195,7 +267,7 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     table.to_csv(folder / "configurations.csv", index=False)
     record = summary_record(data, table)
     (folder / SUMMARY).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    _pdf(folder / "report.pdf", summary, columns, rows, figure_list, data.missing)
+    _pdf(folder / "report.pdf", summary, columns, rows, figure_list, data.missing, front)
 
 
 def swap_in(new: Path, target: Path) -> None:
@@ -225,7 +297,8 @@ def _number(value: Any) -> float | None:
 
 def summary_record(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, Any]:
     """What the index of reports shows of a study (written as NAME/summary.json): its
-    description, configurations, best configuration (mean and sd over its seeds), the
+    description, configurations, best configuration (mean and sd over its seeds; in the first
+    objective where there are several, with `objectives` and the `pareto` front beside), the
     commits and devices of its runs, and when the report was made."""
     objective = data.config.objective
     runs = data.runs
@@ -252,9 +325,26 @@ def summary_record(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, 
         "runs": aggregate.counts(data),
         "objective": {"metric": objective.metric, "direction": objective.direction},
         "best": best,
+        **(_pareto_record(data.config, table) if data.config.multi_objective else {}),
         "commits": sorted(set(runs["commit"])) if not runs.empty else [],
         "devices": sorted(set(runs["device"])) if not runs.empty else [],
         "missing": list(data.missing),
+    }
+
+
+def _pareto_record(config: StudyConfig, table: pd.DataFrame) -> dict[str, Any]:
+    """A multi-objective study's objectives, and its Pareto-optimal configurations with each
+    objective's mean over seeds."""
+    return {
+        "objectives": [{"metric": o.metric, "direction": o.direction} for o in config.objectives],
+        "pareto": [
+            {
+                "config": str(row["config"]),
+                "seeds": int(row["seeds"]),
+                "means": {o.metric: _number(row[f"{o.metric}_mean"]) for o in config.objectives},
+            }
+            for _, row in _front(config, table).iterrows()
+        ],
     }
 
 
@@ -290,6 +380,9 @@ def _best_text(record: dict[str, Any]) -> tuple[str, str]:
     value = f"{mean:.4f}" + (f" ± {sd:.4f}" if sd is not None else "")
     if isinstance(seeds, int):
         value += f" ({seeds} seed{'s' if seeds != 1 else ''})"
+    objectives, pareto = record.get("objectives"), record.get("pareto")
+    if isinstance(objectives, list) and len(objectives) > 1 and isinstance(pareto, list):
+        value += f"; first of {len(objectives)} objectives, {len(pareto)} Pareto-optimal"
     return _text(best.get("config")), f"{metric} {value}".strip()
 
 

@@ -1,0 +1,200 @@
+"""NeuroBench 2.3's efficiency metrics of the network, computed by the harness itself.
+
+The same numbers for both backends, from activity the evaluation already has: in eval mode
+the model counts its layers' spikes and membrane updates as it runs (`NetOutput.activity`;
+the fused backend inside its CPU kernel, without snnTorch or hooks), and fc1's operations
+come from the images. No second pass over the test set.
+
+Definitions (NeuroBench 2.3, `neurobench.metrics`), for the network Linear(784, H) -> LIF ->
+Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per sample:
+
+- synaptic operations of a linear layer: each nonzero input entry costs one operation per
+  nonzero weight in its column (biases are not counted). An input vector whose entries are
+  all 0, 1 or -1 is binary (spikes): its operations are accumulates (ACs); any other input
+  (the image into fc1) costs multiply-accumulates (MACs). The harness decides this per
+  image; NeuroBench decides it per batch (a batch is binary only if all its images are), so
+  the two agree when NeuroBench runs one image at a time, and on any batch without a binary
+  image (MNIST's test set has one: image 9051, every pixel 0 or 255).
+  `synops_effective_macs` and `synops_effective_acs` sum them over the layers;
+  `synops_dense` counts every input and every weight (in x out per layer application).
+  Deliberate difference: fc1's input is static, so fc1 is applied once per sample (as the
+  fused backend runs it), not once per step; NeuroBench on the reference network, which
+  recomputes fc1 at every step, counts its MACs and dense operations T times.
+- `activation_sparsity`: 1 - spikes / (neuron-steps), over both LIF layers' outputs, all
+  steps and samples.
+- `membrane_updates`: every neuron's membrane at the first step, then each step at which it
+  changed (U[t] != U[t-1], exactly), summed over both LIF layers. A membrane stops
+  changing only at a floating-point fixed point (no spikes, beta U + I == U in float32),
+  which small beta reaches within the steps: then the count depends on the last bits of
+  fc1's output, which can differ with the batch size or the device.
+- static: `parameter_count` (weights and biases), `connection_sparsity` (zero weights /
+  weights, biases excluded; NeuroBench rounds it to 4 decimals, the harness does not) and
+  `footprint_bytes`: the parameters' bytes plus the neurons' state and constants as
+  snnTorch's `Leaky` holds them for one sample (a membrane per neuron; beta, threshold and
+  graded_spikes_factor in float32 and reset_mechanism_val in int64 per layer). NeuroBench's
+  `Footprint` counts the membrane buffers of the last batch it ran, so it equals this after
+  a forward pass of one sample and grows by 4 (H + 10) bytes per further sample in a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from harness.kernels import input_operations
+from harness.metrics import METRICS
+from harness.model import NetOutput
+
+# snnTorch's Leaky buffers besides its membrane: beta, threshold, graded_spikes_factor
+# (float32, 4 bytes each) and reset_mechanism_val (int64, 8 bytes).
+LEAKY_CONSTANT_BYTES = 3 * 4 + 8
+LIF_LAYERS = 2
+
+WORKLOAD_METRICS = (
+    "activation_sparsity",
+    "synops_effective_macs",
+    "synops_effective_acs",
+    "synops_dense",
+    "membrane_updates",
+)
+STATIC_METRICS = ("footprint_bytes", "parameter_count", "connection_sparsity")
+
+
+def fan_out(weight: torch.Tensor) -> torch.Tensor:
+    """The operations one nonzero input entry costs a linear layer: the nonzero weights in its
+    column of `weight` (out, in) -> (in,) int64."""
+    return (weight != 0).sum(0)
+
+
+def exact_dtype(fan_out: torch.Tensor) -> torch.dtype:
+    """The fastest type in which sums of `fan_out` are exact: float32 below 2**24, else
+    float64 (int64 on MPS, which has no float64)."""
+    if int(fan_out.sum()) < 2**24:
+        return torch.float32
+    return torch.int64 if fan_out.device.type == "mps" else torch.float64
+
+
+def is_binary(inputs: torch.Tensor) -> torch.Tensor:
+    """(..., in) -> (...,): True where every entry is 0, 1 or -1 (NeuroBench's "spiking")."""
+    magnitude = inputs.abs()
+    return (magnitude == (inputs != 0)).all(-1)
+
+
+def synaptic_operations(
+    inputs: torch.Tensor, fan_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Effective (MACs, ACs) of a linear layer applied to each input vector of `inputs`
+    (..., in), given its `fan_out` (in,): binary vectors cost ACs, the others MACs. int64.
+
+    `fan_out` in the type its sums are added in: int64 always exact; float32 or float64
+    (faster; see `exact_dtype`) exact while its sum is below 2**24 or 2**53.
+    """
+    numba = inputs.dim() == 2 and inputs.device.type == "cpu" and inputs.dtype == torch.float32
+    if numba and fan_out.dtype in (torch.float32, torch.float64):
+        ops, odd = input_operations(inputs, fan_out)  # one pass, in the CPU kernel
+        binary = odd == 0
+    else:  # (products, not a matrix product: that may run in TF32 on a GPU)
+        ops = ((inputs != 0) * fan_out).sum(-1)
+        binary = is_binary(inputs)
+    ops = ops.to(torch.int64)
+    return (ops * ~binary).sum(), (ops * binary).sum()  # (no boolean indexing: no sync)
+
+
+def spike_operations(spike_counts: torch.Tensor, fan_out: torch.Tensor) -> torch.Tensor:
+    """Effective ACs of a linear layer fed by spikes, from each input neuron's spike count
+    over steps and samples (in,): a spike costs one AC per nonzero weight of its column."""
+    return (spike_counts * fan_out).sum()
+
+
+def activation_sparsity(spikes: float, neuron_steps: float) -> float:
+    """The share of neuron-steps without a spike (0 where nothing ran, as NeuroBench)."""
+    return 1.0 - spikes / neuron_steps if neuron_steps else 0.0
+
+
+class Workload:
+    """One evaluation's activity over a split, batch by batch (`add`), read once (`metrics`).
+
+    The totals stay on the evaluation's device as int64, so adding a batch never waits for
+    it; the weights' fan-outs are read once, when the evaluation starts.
+    """
+
+    def __init__(self, model: nn.Module, num_steps: int):
+        fc1, fc2 = model.fc1, model.fc2
+        self.num_steps = num_steps
+        self.inputs, self.hidden = fc1.in_features, fc1.out_features
+        self.outputs = fc2.out_features
+        self.fc1_fan_out, self.fc2_fan_out = fan_out(fc1.weight), fan_out(fc2.weight)
+        self.fc1_fan_out = self.fc1_fan_out.to(exact_dtype(self.fc1_fan_out))  # (faster)
+        # MACs, ACs, spikes, membrane updates after each sample's first step
+        self.totals = torch.zeros(4, dtype=torch.int64, device=fc1.weight.device)
+        self.samples = 0
+
+    def add(self, images: torch.Tensor, out: NetOutput) -> None:
+        """Count one evaluated batch: its images (B, 784) and the model's eval-mode output."""
+        activity = out.activity
+        if activity is None:
+            raise ValueError("the model's output has no activity counts: run it in eval mode")
+        macs, acs = synaptic_operations(images, self.fc1_fan_out)  # fc1, applied once
+        acs = acs + spike_operations(activity.hidden_neuron_spikes, self.fc2_fan_out)  # fc2
+        spikes = activity.hidden_neuron_spikes.sum() + activity.output_spikes
+        updates = activity.hidden_membrane_updates + activity.output_membrane_updates
+        self.totals += torch.stack([macs, acs, spikes, updates])
+        self.samples += len(images)
+
+    def metrics(self) -> dict[str, float]:
+        """The workload metrics, per sample, over every batch added."""
+        macs, acs, spikes, updates = (int(v) for v in self.totals.tolist())
+        n, neurons = self.samples, self.hidden + self.outputs
+        per_sample = (lambda v: v / n) if n else (lambda v: 0.0)
+        dense = self.inputs * self.hidden + self.num_steps * self.hidden * self.outputs
+        return {
+            "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * neurons),
+            "synops_effective_macs": per_sample(macs),
+            "synops_effective_acs": per_sample(acs),
+            "synops_dense": float(dense) if n else 0.0,
+            "membrane_updates": neurons + per_sample(updates) if n else 0.0,
+        }
+
+
+def static_metrics(model: nn.Module) -> dict[str, float]:
+    """Footprint in bytes, parameter count and connection sparsity of either backend's net."""
+    fc1, fc2 = model.fc1, model.fc2
+    parameters = list(model.parameters())
+    weights = (fc1.weight, fc2.weight)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    state = (fc1.out_features + fc2.out_features) * fc1.weight.element_size()
+    return {
+        "footprint_bytes": float(
+            sum(p.numel() * p.element_size() for p in parameters)
+            + state
+            + LIF_LAYERS * LEAKY_CONSTANT_BYTES
+        ),
+        "parameter_count": float(sum(p.numel() for p in parameters)),
+        "connection_sparsity": zeros / sum(w.numel() for w in weights),
+    }
+
+
+def table_columns(values: list[dict[str, float]]) -> tuple[str, list[str]]:
+    """The study table's efficiency columns: those metrics whose mean, at the table's digits,
+    differs between rows (`values`: one {metric: mean} per row; missing or NaN shows "-").
+    Returns the header's cells and each row's, as text to append."""
+
+    def cell(name: str, value: float | None) -> str:
+        if value is None or math.isnan(value):
+            return "-"
+        return f"{value:,.{METRICS[name].digits}f}"
+
+    names = [
+        name
+        for name in WORKLOAD_METRICS + STATIC_METRICS
+        if len({cell(name, row.get(name)) for row in values} - {"-"}) > 1
+    ]
+    widths = {
+        name: 2 + max(len(METRICS[name].label), *(len(cell(name, r.get(name))) for r in values))
+        for name in names
+    }
+    header = "".join(f"{METRICS[name].label:>{widths[name]}}" for name in names)
+    rows = ["".join(f"{cell(name, r.get(name)):>{widths[name]}}" for name in names) for r in values]
+    return header, rows

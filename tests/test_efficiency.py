@@ -1,0 +1,312 @@
+"""The efficiency metrics (NeuroBench 2.3's definitions): hand-made activity with known
+answers, both backends agreeing, and the real `neurobench` package on the same weights."""
+
+import pytest
+import torch
+from torch import nn
+
+from harness import efficiency
+from harness.config import make_run_config
+from harness.data import Split, load, read_split
+from harness.metrics import METRICS
+from harness.model import Activity, FusedNet, NetOutput, build_model, layer_activity
+from harness.train import evaluate, train
+
+
+class Tiny(nn.Module):
+    """Linear(4, 3) -> LIF -> Linear(3, 2) -> LIF, with hand-set weights (some zero)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 3), nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.tensor([[1.0, 0, 2, 0], [3, 0, 0, 0], [4, 5, 0, 0]]))
+            self.fc2.weight.copy_(torch.tensor([[1.0, 0, 2], [0, 0, 3]]))
+
+
+def test_synaptic_operations_count_nonzero_inputs_times_nonzero_weights():
+    model = Tiny()
+    fan_out = efficiency.fan_out(model.fc1.weight)
+    assert fan_out.tolist() == [3, 1, 1, 0]  # nonzero weights in each input's column
+    images = torch.tensor(
+        [
+            [0.5, 0.0, 0.25, 7.0],  # not binary: inputs 0, 2 (and 3, no weights) -> 3 + 1 MACs
+            [1.0, 1.0, 0.0, 0.0],  # binary: inputs 0, 1 -> 3 + 1 ACs
+            [-1.0, 0.0, 1.0, 1.0],  # binary: inputs 0, 2, 3 -> 3 + 1 + 0 ACs
+            [0.0, 0.0, 0.0, 0.0],  # binary, silent: nothing
+        ]
+    )
+    assert efficiency.is_binary(images).tolist() == [False, True, True, True]
+    # int64 (elementwise), float32 / float64 (the CPU kernel, or a matrix product elsewhere)
+    for dtype in (torch.int64, torch.float32, torch.float64):
+        for rows in (images, images.unsqueeze(0)):  # (B, in): the kernel; (1, B, in): torch
+            macs, acs = efficiency.synaptic_operations(rows, fan_out.to(dtype))
+            assert (macs.dtype, int(macs), int(acs)) == (torch.int64, 4, 8)
+    assert efficiency.exact_dtype(fan_out) == torch.float32
+    assert efficiency.exact_dtype(torch.full((784,), 30_000)) == torch.float64  # > 2**24
+
+
+def test_spike_operations_from_counts_equal_those_of_the_spike_tensor():
+    weight = Tiny().fc2.weight  # fan-out per hidden neuron: 1, 0, 2
+    spikes = torch.zeros(3, 2, 3)  # (T, B, H)
+    spikes[0, 0] = torch.tensor([1.0, 1, 1])  # 1 + 0 + 2
+    spikes[1, 1] = torch.tensor([0.0, 1, 1])  # 0 + 2
+    spikes[2, 0] = torch.tensor([1.0, 0, 0])  # 1
+    fan_out = efficiency.fan_out(weight)
+    counts, _ = layer_activity(spikes, torch.zeros_like(spikes))
+    assert counts.tolist() == [2, 2, 2]
+    assert int(efficiency.spike_operations(counts, fan_out)) == 6
+    macs, acs = efficiency.synaptic_operations(spikes, fan_out)  # every vector binary
+    assert (int(macs), int(acs)) == (0, 6)
+
+
+def test_layer_activity_counts_spikes_and_membranes_that_changed():
+    membranes = torch.tensor(
+        [  # (T=4, B=1, N=3)
+            [[0.5, 0.0, 1.2]],
+            [[0.5, 0.1, 0.2]],  # neuron 0 unchanged
+            [[0.7, 0.1, 0.2]],  # neurons 1, 2 unchanged
+            [[0.7, 0.1, 0.3]],  # neurons 0, 1 unchanged
+        ]
+    )
+    spikes = (membranes > 1.0).float()
+    counts, updates = layer_activity(spikes, membranes)
+    assert (counts.tolist(), int(updates)) == ([0, 0, 1], 2 + 1 + 1)
+
+
+def test_activation_sparsity_is_the_share_of_silent_neuron_steps():
+    assert efficiency.activation_sparsity(3, 12) == 0.75
+    assert efficiency.activation_sparsity(0, 0) == 0.0  # nothing ran, as NeuroBench
+
+
+def test_workload_per_sample_on_hand_made_activity():
+    model = Tiny()
+    workload = efficiency.Workload(model, num_steps=2)
+    images = torch.tensor([[0.5, 0.0, 0.25, 0.0], [1.0, 1.0, 0.0, 0.0]])  # 4 MACs, 4 ACs
+    out_spikes = torch.zeros(2, 2, 2)
+    out_spikes[1, 0, 1] = 1
+    out_membranes = torch.tensor([[[0.1, 0.2], [0.0, 0.0]], [[0.1, 1.2], [0.3, 0.0]]])
+    hidden_counts = torch.tensor([1, 1, 2])  # spikes into fc2: 1 * 1 + 1 * 0 + 2 * 2 = 5 ACs
+    output_counts, output_updates = layer_activity(out_spikes, out_membranes)  # 1 and 2
+    activity = Activity(hidden_counts, torch.tensor(3), output_counts.sum(), output_updates)
+    workload.add(images, NetOutput(out_spikes, out_membranes, hidden_counts.sum(), activity))
+    metrics = workload.metrics()
+    assert metrics["synops_effective_macs"] == 4 / 2
+    assert metrics["synops_effective_acs"] == (4 + 5) / 2
+    assert metrics["synops_dense"] == 4 * 3 + 2 * 3 * 2  # fc1 once, fc2 every step
+    # neuron-steps: 2 samples x 2 steps x 5 neurons; spikes: 4 hidden + 1 output
+    assert metrics["activation_sparsity"] == 1 - 5 / 20
+    # every neuron at the first step, then 3 hidden and 2 output membrane changes in 2 samples
+    assert metrics["membrane_updates"] == 5 + (3 + 2) / 2
+
+
+def test_static_metrics_of_a_net_with_zero_weights():
+    metrics = efficiency.static_metrics(Tiny())
+    assert metrics["parameter_count"] == 4 * 3 + 3 + 3 * 2 + 2
+    assert metrics["connection_sparsity"] == (7 + 3) / (12 + 6)  # biases not counted
+    # 4 bytes per parameter and per neuron's membrane, 20 bytes of constants per LIF layer
+    assert metrics["footprint_bytes"] == 4 * 23 + 4 * 5 + 2 * 20
+
+
+def test_the_metric_table_lists_every_efficiency_metric():
+    assert set(efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS) <= set(METRICS)
+
+
+SETTINGS = [
+    dict(hidden=64, num_steps=10),
+    dict(hidden=48, num_steps=40, beta=0.5, decoding="latency"),  # membranes reach fixed points
+    dict(hidden=32, num_steps=1, threshold=0.25),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())))
+def test_both_backends_report_identical_metrics(settings):
+    config = make_run_config(settings)
+    torch.manual_seed(3)
+    reference = build_model(config.model_copy(update={"backend": "reference"}))
+    with torch.no_grad():
+        reference.fc1.weight[:, ::5] = 0  # zero weights: fan-outs differ between columns
+        reference.fc2.weight[::3, ::2] = 0
+    generator = torch.Generator().manual_seed(4)
+    split = Split(torch.rand(96, 784, generator=generator) * 1.2, torch.arange(96) % 10)
+    split.images[5] = (split.images[5] > 0.5).float()  # a binary image: its fc1 ops are ACs
+    results = [evaluate(reference, split, config)]
+    for kernel in ("numba", "torch"):
+        fused = FusedNet(config, kernel=kernel)
+        fused.load_state_dict(reference.state_dict(), strict=False)
+        results.append(evaluate(fused, split, config))
+    names = efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS
+    ours = {name: results[0][name] for name in names}
+    assert all({name: r[name] for name in names} == ours for r in results[1:])
+    assert 0 < ours["activation_sparsity"] < 1 and ours["synops_effective_acs"] > 0
+    assert ours["connection_sparsity"] > 0
+    neurons, steps = settings["hidden"] + 10, settings["num_steps"]
+    if steps == 40:
+        assert neurons < ours["membrane_updates"] < neurons * steps
+
+
+# --- the real NeuroBench on the same weights and images ------------------------------------
+
+CROSS_CHECKS = [
+    dict(hidden=1000, num_steps=25),  # the tutorial's network
+    dict(hidden=300, num_steps=10, beta=0.8, decoding="latency"),
+    dict(hidden=128, num_steps=40, beta=0.5),  # membranes reach fixed points
+]
+
+
+def _neurobench_net(model: nn.Module, config) -> nn.Module:
+    """The tutorial's network as NeuroBench's snnTorch wrapper wants it: single-step neurons
+    holding their state (init_hidden), forward(x[:, t]) -> (spikes, membranes)."""
+    import snntorch as snn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            lif = dict(beta=config.beta, threshold=config.threshold, init_hidden=True)
+            self.fc1, self.lif1 = nn.Linear(784, config.hidden), snn.Leaky(**lif)
+            self.fc2, self.lif2 = nn.Linear(config.hidden, 10), snn.Leaky(**lif, output=True)
+
+        def forward(self, x):
+            return self.lif2(self.fc2(self.lif1(self.fc1(x))))
+
+    net = Net()
+    net.fc1.load_state_dict(model.fc1.state_dict())
+    net.fc2.load_state_dict(model.fc2.state_dict())
+    return net
+
+
+def _neurobench(model: nn.Module, config, split: Split, batch_size: int) -> dict:
+    from neurobench.benchmarks import Benchmark
+    from neurobench.metrics.static import ConnectionSparsity, Footprint, ParameterCount
+    from neurobench.metrics.workload import (
+        ActivationSparsity,
+        ClassificationAccuracy,
+        MembraneUpdates,
+        SynapticOperations,
+    )
+    from neurobench.models import SNNTorchModel
+    from neurobench.processors.postprocessors import ChooseMaxCount
+    from torch.utils.data import DataLoader, TensorDataset
+
+    steps = config.num_steps
+    wrapped = SNNTorchModel(_neurobench_net(model, config))
+    benchmark = Benchmark(
+        wrapped,
+        None,
+        [lambda data: (data[0].unsqueeze(1).expand(-1, steps, -1), data[1])],  # (B, T, 784)
+        [ChooseMaxCount()],
+        [
+            [Footprint, ParameterCount, ConnectionSparsity],
+            [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates],
+        ],
+    )
+    loader = DataLoader(TensorDataset(split.images, split.labels), batch_size=batch_size)
+    one = DataLoader(TensorDataset(split.images[:1], split.labels[:1]), batch_size=1)
+    unrun = benchmark.run(dataloader=one, quiet=True)["Footprint"]  # no membranes yet
+    results = benchmark.run(dataloader=loader, quiet=True)  # Footprint after one sample
+    results.update(results.pop("SynapticOperations"))  # Effective_MACs, Effective_ACs, Dense
+    results["footprint_before_a_forward_pass"] = unrun
+    results["footprint_after_the_batch"] = benchmark.run(dataloader=one, quiet=True)["Footprint"]
+    return results
+
+
+@pytest.fixture(scope="module")
+def mnist_64(mnist_dir):
+    """256 MNIST training images (for a few iterations of training) and 64 test images."""
+    return load(mnist_dir, torch.device("cpu"), train_subset=256, test_subset=64)
+
+
+@pytest.mark.parametrize("settings", CROSS_CHECKS, ids=lambda s: "-".join(map(str, s.values())))
+def test_the_metrics_are_neurobench_s_on_the_same_weights_and_images(mnist_64, settings):
+    pytest.importorskip("neurobench")
+    config = make_run_config({**settings, "batch_size": 64, "save_model": True})
+    trained = train(config, mnist_64)  # 4 iterations: weights with a learned structure
+    assert trained.status == "finished"
+    model = build_model(config.model_copy(update={"backend": "reference"}))
+    model.load_state_dict(trained.state_dict, strict=False)  # (its neurons' buffers stay)
+    with torch.no_grad():  # and pruned, so that fan-outs and connection sparsity matter
+        model.fc1.weight[model.fc1.weight.abs() < 0.005] = 0
+        model.fc2.weight[:, ::7] = 0
+    split = mnist_64.test
+    ours = evaluate(model, split, config)  # one batch of 64, as NeuroBench's below
+    theirs = _neurobench(model, config, split, batch_size=len(split))
+    steps, hidden, n = config.num_steps, config.hidden, len(split)
+
+    # NeuroBench reports 0 for a metric that failed: these must be there and nonzero.
+    for name in ("Effective_MACs", "Effective_ACs", "Dense", "MembraneUpdates", "Footprint"):
+        assert theirs[name] > 0, name
+    assert 0 < theirs["ActivationSparsity"] < 1
+    assert theirs["ConnectionSparsity"] > 0
+
+    same = dict(rel=1e-6)
+    assert ours["rate_accuracy"] == pytest.approx(theirs["ClassificationAccuracy"], **same)
+    assert ours["activation_sparsity"] == pytest.approx(theirs["ActivationSparsity"], **same)
+    assert ours["synops_effective_acs"] == pytest.approx(theirs["Effective_ACs"], **same)
+    assert ours["membrane_updates"] == pytest.approx(theirs["MembraneUpdates"], **same)
+    assert ours["parameter_count"] == theirs["ParameterCount"]
+    assert round(ours["connection_sparsity"], 4) == theirs["ConnectionSparsity"]  # it rounds
+    # fc1 runs once per sample here, once per step in the reference network NeuroBench runs
+    assert steps * ours["synops_effective_macs"] == pytest.approx(theirs["Effective_MACs"], **same)
+    assert ours["synops_dense"] == 784 * hidden + steps * hidden * 10
+    assert theirs["Dense"] == steps * (784 * hidden + hidden * 10)
+    # Footprint: snnTorch's membrane buffers of the last forward pass's batch
+    assert ours["footprint_bytes"] == theirs["Footprint"]  # after a pass of one sample
+    membranes = 4 * (hidden + 10)
+    assert theirs["footprint_before_a_forward_pass"] == ours["footprint_bytes"] - membranes
+    assert theirs["footprint_after_the_batch"] == ours["footprint_bytes"] + (n - 1) * membranes
+    if config.beta == 0.5:  # some membranes stop changing: fewer updates than neuron-steps
+        assert ours["membrane_updates"] < (hidden + 10) * steps
+    # the counts are the fused backend's too
+    fused = build_model(config)
+    fused.load_state_dict(model.state_dict(), strict=False)
+    fused_metrics = evaluate(fused, split, config)
+    for name in efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS:
+        assert fused_metrics[name] == ours[name], name
+
+
+def test_a_binary_image_costs_acs_as_in_neurobench_one_image_at_a_time(mnist_dir):
+    """NeuroBench calls a layer's input spiking when the whole batch is 0/1/-1; the harness
+    decides per image, so it equals NeuroBench run one image at a time (batch size 1)."""
+    pytest.importorskip("neurobench")
+    test = read_split(mnist_dir, "t10k")
+    split = Split(test.images[9048:9054], test.labels[9048:9054])  # MNIST's one binary test image
+    binary = efficiency.is_binary(split.images)
+    assert binary.tolist() == [False, False, False, True, False, False]
+    config = make_run_config({"hidden": 100, "num_steps": 1})  # one step: fc1 once either way
+    model = build_model(config.model_copy(update={"backend": "reference"}))
+    ours = evaluate(model, split, config)
+    one_by_one = _neurobench(model, config, split, batch_size=1)
+    together = _neurobench(model, config, split, batch_size=len(split))
+    assert one_by_one["Effective_MACs"] == ours["synops_effective_macs"] > 0
+    assert one_by_one["Effective_ACs"] == ours["synops_effective_acs"] > 0
+    moved = int(efficiency.fan_out(model.fc1.weight)[split.images[3] != 0].sum()) / len(split)
+    assert together["Effective_MACs"] == pytest.approx(ours["synops_effective_macs"] + moved)
+    assert together["Effective_ACs"] == pytest.approx(ours["synops_effective_acs"] - moved)
+
+
+def test_the_study_table_shows_the_efficiency_metrics_that_vary():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from harness.config import StudyConfig
+    from harness.study import format_table
+
+    config = StudyConfig.model_validate({"name": "e", "space": {"num_steps": [10, 25]}})
+    study = optuna.create_study(direction="maximize")
+    base = {name: 1.0 for name in METRICS}
+    for steps, acs in ((10, 1234.4), (25, 5678.6)):
+        run = base | {"seed": 0, "num_steps": steps, "synops_effective_acs": acs}
+        study.add_trial(
+            create_trial(
+                params={"num_steps": steps},
+                distributions={"num_steps": CategoricalDistribution([10, 25])},
+                value=0.9,
+                user_attrs={"outcome": "finished", "runs": [run]},
+            )
+        )
+    lines = format_table(study, config).splitlines()
+    assert lines[0].endswith("  eff. ACs") and "eff. MACs" not in lines[0]  # only what varies
+    assert lines[1].endswith("   1,234") and lines[2].endswith("   5,679")
+    header, cells = efficiency.table_columns([{"activation_sparsity": 0.5}, {}])
+    assert (header, cells) == ("", ["", ""])  # one value and a missing one: nothing varies
