@@ -70,6 +70,12 @@ class Comparison:
     settings: dict[str, tuple[Any, Any]]  # other run settings that differ: key -> (A, B)
     table: pd.DataFrame
     values: pd.DataFrame  # side, configuration, seed, value: every finished run's metric
+    paired: bool = False  # a paired t-test over the seeds both sides ran, else Welch's
+
+    @property
+    def test(self) -> str:
+        """The test, in words."""
+        return "paired t-test over common seeds" if self.paired else "Welch's t-test"
 
     @property
     def confidence(self) -> float:
@@ -191,6 +197,30 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> dict[str, float]:
     }
 
 
+def paired(a: pd.Series, b: pd.Series, confidence: float) -> dict[str, float]:
+    """B - A with a paired t-test over the seeds both sides ran (`a`, `b`: values by seed):
+    runs of one seed share their initial weights and batches, so their difference is far less
+    noisy than two independent samples. NaN with < 2 common seeds."""
+    common = a.index.intersection(b.index)
+    a, b = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
+    difference = float(np.mean(b - a)) if len(common) else math.nan
+    nan = {"t": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    if len(common) < 2:
+        return {"difference": difference, **nan}
+    with warnings.catch_warnings():  # identical differences: scipy warns, and says NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_rel(b, a)
+        interval = result.confidence_interval(confidence)
+    return {
+        "difference": difference,
+        "t": float(result.statistic),
+        "df": float(result.df),
+        "p": float(result.pvalue),
+        "ci_low": float(interval.low),
+        "ci_high": float(interval.high),
+    }
+
+
 def verdict(
     n_a: int, n_b: int, difference: float, p: float, alpha: float, direction: str | None
 ) -> str:
@@ -218,11 +248,14 @@ def _side_stats(values: np.ndarray, confidence: float) -> dict[str, float]:
     return {"n": n, "mean": mean, "sd": sd, "ci_low": float(low), "ci_high": float(high)}
 
 
-def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) -> Comparison:
+def compare(
+    a: Side, b: Side, metric: str | None = None, alpha: float = 0.05, paired_seeds: bool = False
+) -> Comparison:
     """Match the two studies' configurations and test B - A on each (see module docstring).
 
     `metric` defaults to A's objective metric (its first, if several); a configuration
-    present on one side only is kept, with verdict "only in A" or "only in B"."""
+    present on one side only is kept, with verdict "only in A" or "only in B". With
+    `paired_seeds`, runs are paired by seed (`paired`), else Welch's test (`welch`)."""
     check_options(metric, alpha)
     metric = metric or a.config.objective.metric
     for side in (a, b):
@@ -251,6 +284,9 @@ def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) ->
             entry = groups.setdefault(point, {"params": dict(zip(keys, point, strict=True))})
             finished = group[(group["status"] == "finished") & group[metric].notna()]
             entry[side.label] = finished[metric].to_numpy(dtype=float)
+            entry[f"{side.label} by seed"] = pd.Series(
+                finished[metric].to_numpy(dtype=float), index=finished["seed"].to_numpy()
+            )
             label = _label(entry["params"])
             values += [
                 {"side": side.title, "configuration": label, "seed": s, "value": v}
@@ -261,12 +297,20 @@ def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) ->
         in_a, in_b = "A" in entry, "B" in entry
         va, vb = entry.get("A", np.array([])), entry.get("B", np.array([]))
         sa, sb = _side_stats(va, 1 - alpha), _side_stats(vb, 1 - alpha)
-        test = welch(va, vb, 1 - alpha)
+        if paired_seeds and in_a and in_b:
+            test = paired(entry["A by seed"], entry["B by seed"], 1 - alpha)
+            pairs = len(entry["A by seed"].index.intersection(entry["B by seed"].index))
+            sizes = (pairs, pairs)
+        else:
+            test = welch(va, vb, 1 - alpha)
+            sizes = (len(va), len(vb))
         if not (in_a and in_b):
             judged = "only in A" if in_a else "only in B"
         else:
-            judged = verdict(len(va), len(vb), test["difference"], test["p"], alpha, direction)
+            judged = verdict(*sizes, test["difference"], test["p"], alpha, direction)
         row: dict[str, Any] = {"configuration": _label(entry["params"]), **entry["params"]}
+        if paired_seeds:
+            row["pairs"] = sizes[0] if in_a and in_b else 0
         row.update({f"{k}_a": v for k, v in sa.items()})
         row.update({f"{k}_b": v for k, v in sb.items()})
         row.update(test)
@@ -275,7 +319,7 @@ def compare(a: Side, b: Side, metric: str | None = None, alpha: float = 0.05) ->
         rows.append(row)
     table = pd.DataFrame(rows)
     frame = pd.DataFrame(values, columns=["side", "configuration", "seed", "value"])
-    return Comparison(a, b, metric, direction, alpha, keys, settings, table, frame)
+    return Comparison(a, b, metric, direction, alpha, keys, settings, table, frame, paired_seeds)
 
 
 def counts(comparison: Comparison) -> dict[str, int]:
@@ -323,7 +367,7 @@ def header_lines(comparison: Comparison) -> list[str]:
         )
     lines.append(
         f"{c.metric} ({_direction_words(c.direction)}), B - A per configuration matched on "
-        f"{', '.join(c.keys)}: Welch's t-test, {c.percent} CI, alpha {c.alpha:g}"
+        f"{', '.join(c.keys)}: {c.test}, {c.percent} CI, alpha {c.alpha:g}"
     )
     return lines
 
@@ -416,6 +460,8 @@ def to_json(comparison: Comparison, page: Path | None = None) -> dict[str, Any]:
             entry[s] = {k: r[f"{k}_{s}"] for k in ("n", "mean", "sd", "ci_low", "ci_high")}
             entry[s]["values"] = r[f"values_{s}"]
         entry.update({k: r[k] for k in ("difference", "ci_low", "ci_high", "t", "df", "p")})
+        if c.paired:
+            entry["pairs"] = r["pairs"]
         entry["verdict"] = r["verdict"]
         configurations.append(entry)
     return _plain(
@@ -426,7 +472,11 @@ def to_json(comparison: Comparison, page: Path | None = None) -> dict[str, Any]:
             "direction": c.direction,
             "alpha": c.alpha,
             "confidence": c.confidence,
-            "test": "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), B - A",
+            "test": (
+                "paired t-test over common seeds (scipy.stats.ttest_rel), B - A"
+                if c.paired
+                else "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), B - A"
+            ),
             "matched_on": c.keys,
             "settings_differ": {k: list(v) for k, v in c.settings.items()},
             "configurations": configurations,
@@ -514,6 +564,13 @@ def build_page(comparison: Comparison, out_dir: Path, command: str = "") -> Path
                     "caption": chart.caption,
                 },
                 command=redact(command),
+                test=c.test,
+                paired=c.paired,
+                test_detail=(
+                    "differences of the runs of each common seed"
+                    if c.paired
+                    else "Welch–Satterthwaite degrees of freedom"
+                ),
             )
             (staging / "index.html").write_text(html)
             table = c.table.drop(columns=["values_a", "values_b"])

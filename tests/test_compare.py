@@ -361,3 +361,26 @@ def test_a_tiny_real_pair_end_to_end(tmp_path, mnist_dir):
     assert document["settings_differ"] == {"backend": ["fused", "reference"]}
     assert "beta=0.95" in (tmp_path / "reports" / "compare-tiny_fused-vs-tiny_reference"
                            / "index.html").read_text()  # fmt: skip
+
+
+def test_paired_pairs_runs_by_seed_with_the_hand_computed_test(stores, capsys):
+    document = _ab(stores, capsys, "--paired")
+    assert document["test"].startswith("paired t-test over common seeds")
+    rows = _by_config(document)
+    row = rows["beta=0.8"]  # seeds 0, 1, 2 on both sides
+    differences = np.array([0.95, 0.965, 0.935]) - np.array([0.90, 0.91, 0.92])
+    mean, sd = differences.mean(), differences.std(ddof=1)
+    t = mean / (sd / math.sqrt(3))
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    assert row["pairs"] == 3 and row["df"] == pytest.approx(2)
+    assert row["difference"] == pytest.approx(mean)
+    assert row["t"] == pytest.approx(t)
+    assert row["p"] == pytest.approx(2 * stats.t.sf(abs(t), 2))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert row["verdict"] == "no significant difference"  # p = 0.086 here; Welch says better
+    assert rows["beta=0.5"]["pairs"] == 1 and rows["beta=0.5"]["verdict"] == "too few seeds"
+    code, out, _ = _compare(
+        stores, capsys, str(stores / "alpha.yaml"), str(stores / "bravo.yaml"),
+        "--output-dir", str(stores / "one"), "--paired",
+    )  # fmt: skip
+    assert code == 0 and "paired t-test over common seeds, 95 % CI" in out
