@@ -180,21 +180,8 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> dict[str, float]:
     """B - A with Welch's t-test: difference of means, its confidence interval (Welch-
     Satterthwaite degrees of freedom), t, df and the two-sided p-value; NaN with < 2 each."""
     difference = float(np.mean(b) - np.mean(a)) if len(a) and len(b) else math.nan
-    nan = {"t": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    if len(a) < 2 or len(b) < 2:
-        return {"difference": difference, **nan}
-    with warnings.catch_warnings():  # identical values: scipy warns, and says NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_ind(b, a, equal_var=False)
-        interval = result.confidence_interval(confidence)
-    return {
-        "difference": difference,
-        "t": float(result.statistic),
-        "df": float(result.df),
-        "p": float(result.pvalue),
-        "ci_low": float(interval.low),
-        "ci_high": float(interval.high),
-    }
+    enough = len(a) > 1 and len(b) > 1
+    return _t_test(difference, enough, lambda: stats.ttest_ind(b, a, equal_var=False), confidence)
 
 
 def paired(a: pd.Series, b: pd.Series, confidence: float) -> dict[str, float]:
@@ -204,12 +191,18 @@ def paired(a: pd.Series, b: pd.Series, confidence: float) -> dict[str, float]:
     common = a.index.intersection(b.index)
     a, b = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
     difference = float(np.mean(b - a)) if len(common) else math.nan
-    nan = {"t": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan, "ci_high": math.nan}
-    if len(common) < 2:
-        return {"difference": difference, **nan}
-    with warnings.catch_warnings():  # identical differences: scipy warns, and says NaN
+    return _t_test(difference, len(common) > 1, lambda: stats.ttest_rel(b, a), confidence)
+
+
+def _t_test(difference: float, enough: bool, test: Any, confidence: float) -> dict[str, float]:
+    """The numbers of a scipy t-test result (NaN where there are too few values for one)."""
+    if not enough:
+        nan = math.nan
+        return {"difference": difference, "t": nan, "df": nan, "p": nan, "ci_low": nan,
+                "ci_high": nan}  # fmt: skip
+    with warnings.catch_warnings():  # identical values: scipy warns, and says NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.ttest_rel(b, a)
+        result = test()
         interval = result.confidence_interval(confidence)
     return {
         "difference": difference,
