@@ -14,12 +14,13 @@ NAME ?= smoke
 
 .PHONY: install data train study worker report compare ui dashboard bench test lint clean
 
-# Debian packages the tests use: headless Chromium (report page) and PostgreSQL (workers).
-APT_PACKAGES := chromium postgresql
+# Debian packages the tests use: headless Chromium (report page), PostgreSQL (workers) and
+# Fashion-MNIST's files (the data set `dataset: fashion_mnist`).
+APT_PACKAGES := chromium postgresql dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install:
-	@if command -v apt-get >/dev/null && ! (command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1); then \
+	@if command -v apt-get >/dev/null && ! (command -v chromium >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ -d /usr/share/datasets/fashion-mnist ]); then \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip

@@ -261,7 +261,9 @@ def tracking_overhead(
 
     config = make_run_config(settings or {})
     device = resolve_device(config.device)
-    dataset = data.load(data_dir, device, config.train_subset, config.test_subset)
+    dataset = data.load(
+        data_dir, device, config.train_subset, config.test_subset, dataset=config.dataset
+    )
     warmup = data.Dataset(
         subset(dataset.train, 10 * config.batch_size, "first", 0), dataset.test, ""
     )
@@ -286,7 +288,7 @@ def tracking_overhead(
 
                     begin = time.perf_counter()
                     inputs = dataset_inputs(
-                        "mnist", dataset.checksum,
+                        dataset.name, dataset.checksum,
                         {"train": len(dataset.train), "test": len(dataset.test)},
                     )  # fmt: skip
                     params = config.model_dump()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from harness.config import ConfigError, check_store_urls, load_run_config
+from harness.datasets import DATASETS, DEFAULT_DATASET
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +40,7 @@ def _port(text: str) -> int:
 def _data_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=None,
-        help="MNIST folder (default: $HARNESS_DATA_DIR or ./data)",
+        help="data folder (default: $HARNESS_DATA_DIR or ./data)",
     )  # fmt: skip
 
 
@@ -162,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where reports/compare-A-vs-B/ goes",
     )  # fmt: skip
 
-    data = commands.add_parser("data", help="acquire and verify MNIST")
+    data = commands.add_parser("data", help="acquire and verify a data set (default: MNIST)")
     _data_dir_arg(data)
+    data.add_argument(
+        "--dataset", choices=list(DATASETS), default=DEFAULT_DATASET,
+        help="which data set (default: %(default)s)",
+    )  # fmt: skip
     return parser
 
 
@@ -179,7 +184,7 @@ def _train(args: argparse.Namespace) -> int:
     device = resolve_device(config.device)
     dataset = data.load(
         args.data_dir, device, config.train_subset, config.test_subset,
-        config.subset_sampling, config.seed,
+        config.subset_sampling, config.seed, config.dataset,
     )  # fmt: skip
     interrupt.check()
 
@@ -538,8 +543,9 @@ def _data(args: argparse.Namespace) -> int:
     from harness import data
 
     folder = Path(args.data_dir or data.default_data_dir())
-    checksum = data.acquire(folder)
-    print(f"MNIST ready in {data.raw_dir(folder)} (checksum {checksum})")
+    spec = data.dataset_spec(args.dataset)
+    checksum = data.acquire(folder, args.dataset)
+    print(f"{spec.title} ready in {data.raw_dir(folder, args.dataset)} (checksum {checksum})")
     return 0
 
 

@@ -25,16 +25,16 @@ from pydantic import (
     model_validator,
 )
 
+from harness.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.metrics import OBJECTIVE_METRICS
 
 SURROGATE_DEFAULT_SLOPE = {"atan": 2.0, "fast_sigmoid": 25.0}
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
 MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and gradients
-# MNIST's training split has this many images: data.py serves them, and its MD5s pin them.
-# The number lives here, not in data.py, because config.py must not import torch (data.py
-# does): bad input is refused in a fraction of a second, before anything heavy loads.
-MNIST_TRAIN_IMAGES = 60_000
+# The data sets' names and sizes come from harness/datasets.py, a table without torch: config.py
+# must not import torch (data.py does), so bad input is refused in a fraction of a second.
+MNIST_TRAIN_IMAGES = DATASETS["mnist"].train_size
 
 
 def _is_numeric(annotation: Any) -> bool:
@@ -66,6 +66,7 @@ class RunConfig(BaseModel):
     device: str = "auto"
     backend: Literal["fused", "reference"] = "fused"
     eval_every: int = Field(25, ge=1, description="iterations between test-batch losses")
+    dataset: str = Field(DEFAULT_DATASET, description="the data set (harness/datasets.py)")
     train_subset: int | None = Field(None, ge=1, description="train on this many images")
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
@@ -85,17 +86,25 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _batch_fits_the_train_images(self) -> RunConfig:
-        images = min(self.train_subset or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES)
+        spec = DATASETS[self.dataset]
+        images = min(self.train_subset or spec.train_size, spec.train_size)
         if self.batch_size > images:
             what = (
                 f"train_subset {self.train_subset}"
                 if images == self.train_subset
-                else f"MNIST's {MNIST_TRAIN_IMAGES} training images"
+                else f"{spec.title}'s {spec.train_size} training images"
             )
             raise ValueError(
                 f"batch_size {self.batch_size} is larger than {what} (allowed: 1..{images})"
             )
         return self
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise ValueError(f"unknown data set (allowed: {', '.join(DATASETS)})")
+        return value
 
     @field_validator("device")
     @classmethod
@@ -217,7 +226,7 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 
 SAMPLERS = ("grid", "tpe", "random", "qmc", "nsga2")
 PRUNERS = ("none", "median", "hyperband")
-# The runs of one study share the data, loaded once onto one device: neither can vary.
+# Seeds are the study's `seeds`; its data sets are loaded once onto one device for all runs.
 FIXED_KEYS = ("seed", "device")
 MAX_SEEDS = 1000  # seeds per configuration
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # a plain folder name: never "." or ".."
@@ -408,8 +417,8 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
         where = f"{source}: space.{key}"
         if key in FIXED_KEYS:
             raise ConfigError(
-                f"{where}: the runs of a study share their data, loaded once on one device, "
-                f"so '{key}' cannot vary (allowed: {allowed})"
+                f"{where}: '{key}' is set once for a whole study (seeds by `seeds`; data sets "
+                f"load once onto one device), so it cannot vary (allowed: {allowed})"
             )
         if key not in RunConfig.model_fields:
             raise ConfigError(f"{where}: not a run setting that can vary (allowed: {allowed})")

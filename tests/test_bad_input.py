@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from harness.cli import main
 from harness.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study
+from harness.datasets import DATASETS
 
 FIELDS = [name for name in RunConfig.model_fields if name != "save_model"]
 SETTINGS = settings(
@@ -52,6 +53,7 @@ INVALID = {
     "train_subset": st.one_of(st.integers(max_value=0), not_a_number),
     "test_subset": st.one_of(st.integers(max_value=0), not_a_number),
     "subset_sampling": junk_text.filter(lambda s: s not in ("first", "stratified")),
+    "dataset": junk_text.filter(lambda s: s not in DATASETS),
 }
 bad_setting = st.one_of(
     st.sampled_from(sorted(INVALID)).flatmap(lambda k: INVALID[k].map(lambda v: (k, v))),
@@ -230,6 +232,23 @@ def test_out_of_range_settings_are_refused(setting, fragment, tmp_path, capsys):
     data = tmp_path / "data"
     err = assert_refused(main(["train", "--set", setting, "--data-dir", str(data)]), capsys, data)
     assert fragment in err
+
+
+def test_an_unknown_dataset_is_one_line_listing_the_allowed_names(tmp_path, capsys):
+    data = tmp_path / "data"
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: cifar\n")
+    err = assert_refused(main(["train", "--config", str(path), "--data-dir", str(data)]),
+                         capsys, data)  # fmt: skip
+    assert "'dataset'" in err and "allowed: mnist, fashion_mnist" in err and "cifar" in err
+
+
+def test_a_batch_larger_than_fashion_mnist_train_images_is_refused(tmp_path, capsys):
+    data = tmp_path / "data"
+    code = main(["train", "--set", "dataset=fashion_mnist", "--set", "batch_size=60001",
+                 "--data-dir", str(data)])  # fmt: skip
+    err = assert_refused(code, capsys, data)
+    assert "larger than Fashion-MNIST's 60000 training images (allowed: 1..60000)" in err
 
 
 def test_a_batch_larger_than_the_train_subset_is_refused(tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_page_says_what_is_missing_and_escapes_user_text(tiny_study):
     assert "1 of 8 grid points not done: beta=0.95, decoding=latency, num_steps=12" in body
     assert "<script>alert(1)</script>" not in body
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in body
-    assert "14 finished" in body and "git commit:" in body and "MNIST checksum:" in body
+    assert "14 finished" in body and "git commit:" in body and "data checksum (mnist):" in body
 
 
 def test_pdf_has_a_page_per_figure_with_text(tiny_study):

@@ -73,6 +73,8 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
             "device": tags.get("harness.device", ""),
             "commit": tags.get("harness.commit", ""),
             "data_checksum": tags.get("harness.data_checksum", ""),
+            # runs logged before Fashion-MNIST existed have no such tag: they trained on MNIST
+            "dataset": tags.get("harness.dataset", "mnist"),
             "config": _label(typed, keys),
             **typed,
             **{m: run.data.metrics.get(m, math.nan) for m in METRICS},

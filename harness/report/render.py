@@ -132,6 +132,14 @@ def _best(data: aggregate.StudyData, table: pd.DataFrame) -> str:
     return text
 
 
+def _checksum_lines(runs: pd.DataFrame) -> list[str]:
+    """One reproduction line per data set the runs used: its name and checksum."""
+    if runs.empty:
+        return ["data checksum: -"]
+    pairs = runs[["dataset", "data_checksum"]].drop_duplicates().itertuples(index=False)
+    return [f"data checksum ({name}): {checksum or '-'}" for name, checksum in pairs]
+
+
 def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
     runs = data.runs
     counts = aggregate.counts(data)
@@ -157,7 +165,7 @@ def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
                 f"make report NAME={data.config.name}",
                 f"harness version: {__version__}",
                 f"git commit: {first['commit'] if first is not None else '-'}",
-                f"MNIST checksum: {first['data_checksum'] if first is not None else '-'}",
+                *_checksum_lines(runs),
                 f"device: {first['device'] if first is not None else '-'}",
             ]
         ),
