@@ -359,10 +359,7 @@ def test_accuracy_against_synaptic_operations(tmp_path, mnist_dir):
     )  # fmt: skip
     config = load_study(str(path))
     stores = open_stores(tmp_path / "out")
-    try:
-        study = run_study(config, stores, mnist_dir, progress=False)
-    except KeyError as err:  # train.evaluate does not compute it yet (another change adds it)
-        pytest.skip(f"runs have no {err}")
+    study = run_study(config, stores, mnist_dir, progress=False)
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     ops = {t.params["num_steps"]: t.values[1] for t in trials}
     assert ops[4] > 0 and ops[8] > 0
