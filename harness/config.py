@@ -25,15 +25,20 @@ from pydantic import (
     model_validator,
 )
 
+from harness import neuron_models
 from harness.datasets import DATASETS, DEFAULT_DATASET
+from harness.encoding import DEFAULT_ENCODING, ENCODINGS
 from harness.errors import ConfigError
 from harness.metrics import OBJECTIVE_METRICS
+from harness.neuron_models import DEFAULT_NEURON, EXCLUSIVE_PARAMS, NEURONS
+from harness.surrogates import DEFAULT_SURROGATE, SURROGATES
 
-SURROGATE_DEFAULT_SLOPE = {"atan": 2.0, "fast_sigmoid": 25.0}
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
 MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and gradients
-# The data sets' names and sizes come from harness/datasets.py, a table without torch: config.py
-# must not import torch (data.py does), so bad input is refused in a fraction of a second.
+# The names of data sets, neuron models, surrogates and encodings (and their parameters) come
+# from their tables (harness/datasets.py, neuron_models.py, surrogates.py, encoding.py), all
+# without torch: config.py must not import torch, so bad input is refused in a fraction of a
+# second.
 MNIST_TRAIN_IMAGES = DATASETS["mnist"].train_size
 
 
@@ -54,9 +59,24 @@ class RunConfig(BaseModel):
     num_steps: int = Field(25, ge=1, le=10_000, description="time steps per sample")
     hidden: int = Field(1000, ge=1, le=MAX_HIDDEN, description="hidden LIF neurons")
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
-    surrogate: Literal["atan", "fast_sigmoid"] = "atan"
+    neuron: str = Field(
+        DEFAULT_NEURON, description="neuron model of both layers (harness/neuron_models.py)"
+    )
+    alpha: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="synaptic current decay per step, in (0, 1]; synaptic neurons only "
+        "(unset: their default, 0.9)",
+    )
+    surrogate: str = Field(
+        DEFAULT_SURROGATE, description="surrogate gradient (harness/surrogates.py)"
+    )
     slope: float | None = Field(
         None, gt=0.0, description="surrogate sharpness: atan's alpha or fast_sigmoid's slope"
+    )
+    encoding: str = Field(
+        DEFAULT_ENCODING, description="how images become input (harness/encoding.py)"
     )
     decoding: Literal["rate", "latency"] = "rate"
     lr: float = Field(5e-4, gt=0.0, allow_inf_nan=False)
@@ -99,11 +119,31 @@ class RunConfig(BaseModel):
             )
         return self
 
-    @field_validator("dataset")
+    @model_validator(mode="before")
     @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise ValueError(f"unknown data set (allowed: {', '.join(DATASETS)})")
+    def _neuron_defaults(cls, values: Any) -> Any:
+        # A parameter of the run's neuron model left unset takes the model's default here, so
+        # the config (and the params MLflow logs) says what the run computes.
+        neuron = values.get("neuron", DEFAULT_NEURON) if isinstance(values, dict) else None
+        if not isinstance(neuron, str) or neuron not in NEURONS:
+            return values
+        unset = {k: v for k, v in NEURONS[neuron].defaults.items() if values.get(k) is None}
+        return {**values, **unset}
+
+    @model_validator(mode="after")
+    def _parameters_of_the_neuron(self) -> RunConfig:
+        values = {name: getattr(self, name) for name in EXCLUSIVE_PARAMS}
+        complaint = neuron_models.misplaced_param(self.neuron, values)
+        if complaint:
+            raise ValueError(complaint)
+        return self
+
+    @field_validator("dataset", "neuron", "surrogate", "encoding")
+    @classmethod
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        table, what = _NAMED[info.field_name]
+        if value not in table:
+            raise ValueError(f"unknown {what} (allowed: {', '.join(table)})")
         return value
 
     @field_validator("device")
@@ -117,7 +157,24 @@ class RunConfig(BaseModel):
     @property
     def surrogate_slope(self) -> float:
         """The slope in force: the configured one, else the surrogate's own default."""
-        return self.slope if self.slope is not None else SURROGATE_DEFAULT_SLOPE[self.surrogate]
+        if self.slope is not None:
+            return self.slope
+        return SURROGATES[self.surrogate].default_slope
+
+    @property
+    def neuron_parameters(self) -> dict[str, float]:
+        """The neuron model's parameters, by snnTorch's names: the keywords of its
+        constructor and of its scan."""
+        return {name: getattr(self, name) for name in NEURONS[self.neuron].params}
+
+
+# Settings whose value is a name in a table: the table and what its entries are called.
+_NAMED: dict[str, tuple[dict[str, Any], str]] = {
+    "dataset": (DATASETS, "data set"),
+    "neuron": (NEURONS, "neuron"),
+    "surrogate": (SURROGATES, "surrogate"),
+    "encoding": (ENCODINGS, "encoding"),
+}
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -412,6 +469,7 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
         )
     for seed in study.seed_list:
         make_run_config({**study.base, "seed": seed}, f"{source}: seeds")
+    neurons = _study_neurons(study, source)
     allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)
     for key, values in study.space.items():
         where = f"{source}: space.{key}"
@@ -440,7 +498,10 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             options = [values.low, values.high]
             if key in INT_KEYS:
                 options = [int(values.low), int(values.high)]
-        typed = [getattr(make_run_config({**study.base, key: v}, where), key) for v in options]
+        alone = dict(study.base)
+        if key in EXCLUSIVE_PARAMS and neurons:  # every one of them takes it (checked)
+            alone["neuron"] = neurons[0]
+        typed = [getattr(make_run_config({**alone, key: v}, where), key) for v in options]
         if isinstance(values, list):
             space[key] = typed
         elif isinstance(values, Choices):
@@ -465,6 +526,35 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             for seed in checked.seed_list:
                 checked.run_config(point, seed, f"{source}: grid point {point}, seed {seed}")
     return checked
+
+
+def _study_neurons(study: StudyConfig, source: str) -> list[str]:
+    """The neuron models a study's runs use (the known names among them). A parameter of
+    some models only (alpha) may be set in a study's base or space only if every run's model
+    takes it: a grid of alpha over leaky runs means nothing, so it is refused."""
+    values = study.space.get("neuron", [study.base.get("neuron", DEFAULT_NEURON)])
+    options = values.choices if isinstance(values, Choices) else values
+    neurons = [n for n in options if isinstance(n, str) and n in NEURONS]
+    for param in EXCLUSIVE_PARAMS:
+        given = [
+            where
+            for where, present in (
+                ("base", study.base.get(param) is not None),
+                ("space", param in study.space),
+            )
+            if present
+        ]
+        lacking = [n for n in neurons if param not in NEURONS[n].params]
+        if given and lacking:
+            takers = " / ".join(neuron_models.owners(param))
+            neuron = lacking[0]
+            raise ConfigError(
+                f"{source}: {given[0]}.{param}: '{param}' is a parameter of neuron {takers} "
+                f"only, but runs of this study use neuron {neuron} (its parameters: "
+                f"{', '.join(NEURONS[neuron].params)}); set {param} only where every run's "
+                f"neuron takes it (neuron: {takers} in base, not varied)"
+            )
+    return neurons
 
 
 def _format_study_error(err: ValidationError, source: str, single_objective: bool = False) -> str:

@@ -3,7 +3,7 @@
 The same numbers for both backends, from activity the evaluation already has: in eval mode
 the model counts its layers' spikes and membrane updates as it runs (`NetOutput.activity`;
 the fused backend inside its CPU kernel, without snnTorch or hooks), and fc1's operations
-come from the images. No second pass over the test set.
+come from its input (the images, or their spikes). No second pass over the test set.
 
 Definitions (NeuroBench 2.3, `neurobench.metrics`), for the network Linear(784, H) -> LIF ->
 Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per sample:
@@ -17,9 +17,12 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   image (MNIST's test set has one: image 9051, every pixel 0 or 255).
   `synops_effective_macs` and `synops_effective_acs` sum them over the layers;
   `synops_dense` counts every input and every weight (in x out per layer application).
-  Deliberate difference: fc1's input is static, so fc1 is applied once per sample (as the
-  fused backend runs it), not once per step; NeuroBench on the reference network, which
-  recomputes fc1 at every step, counts its MACs and dense operations T times.
+  fc1 depends on the input encoding (harness.encoding). Direct: its input is the static
+  image, so fc1 is applied once per sample (as the fused backend runs it), not once per
+  step (a deliberate difference: NeuroBench on the reference network, which recomputes fc1
+  at every step, counts its MACs and dense operations T times). Rate or latency: its input
+  is a binary spike vector at every step, so fc1 is applied T times and costs ACs, one per
+  input spike and nonzero weight of its column (as NeuroBench counts it, both backends).
 - `activation_sparsity`: 1 - spikes / (neuron-steps), over both LIF layers' outputs, all
   steps and samples.
 - `membrane_updates`: every neuron's membrane at the first step, then each step at which it
@@ -27,13 +30,17 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   changing only at a floating-point fixed point (no spikes, beta U + I == U in float32),
   which small beta reaches within the steps: then the count depends on the last bits of
   fc1's output, which can differ with the batch size or the device.
+  Synaptic neurons: the membrane's updates (NeuroBench follows `mem` only), not the
+  synaptic current's.
 - static: `parameter_count` (weights and biases), `connection_sparsity` (zero weights /
   weights, biases excluded; NeuroBench rounds it to 4 decimals, the harness does not) and
   `footprint_bytes`: the parameters' bytes plus the neurons' state and constants as
-  snnTorch's `Leaky` holds them for one sample (a membrane per neuron; beta, threshold and
-  graded_spikes_factor in float32 and reset_mechanism_val in int64 per layer). NeuroBench's
-  `Footprint` counts the membrane buffers of the last batch it ran, so it equals this after
-  a forward pass of one sample and grows by 4 (H + 10) bytes per further sample in a batch.
+  snnTorch's neuron holds them for one sample (harness/neuron_models.py; Leaky: a membrane
+  per neuron, and beta, threshold and graded_spikes_factor in float32 and
+  reset_mechanism_val in int64 per layer; Synaptic: a synaptic current too, and alpha).
+  NeuroBench's `Footprint` counts the state buffers of the last batch it ran, so it equals
+  this after a forward pass of one sample and grows by 4 (H + 10) bytes per state variable
+  per further sample in a batch.
 """
 
 from __future__ import annotations
@@ -43,13 +50,11 @@ import math
 import torch
 from torch import nn
 
+from harness import neuron_models
 from harness.kernels import input_operations
 from harness.metrics import METRICS
 from harness.model import NetOutput
 
-# snnTorch's Leaky buffers besides its membrane: beta, threshold, graded_spikes_factor
-# (float32, 4 bytes each) and reset_mechanism_val (int64, 8 bytes).
-LEAKY_CONSTANT_BYTES = 3 * 4 + 8
 LIF_LAYERS = 2
 
 WORKLOAD_METRICS = (
@@ -130,25 +135,32 @@ class Workload:
         # MACs, ACs, spikes, membrane updates after each sample's first step
         self.totals = torch.zeros(4, dtype=torch.int64, device=fc1.weight.device)
         self.samples = 0
+        self.fc1_applications = 1  # per sample: once for images, every step for spikes
 
-    def add(self, images: torch.Tensor, out: NetOutput) -> None:
-        """Count one evaluated batch: its images (B, 784) and the model's eval-mode output."""
+    def add(self, inputs: torch.Tensor, out: NetOutput) -> None:
+        """Count one evaluated batch: the model's input, images (B, 784) or spikes
+        (T, B, 784), and its eval-mode output."""
         activity = out.activity
         if activity is None:
             raise ValueError("the model's output has no activity counts: run it in eval mode")
-        macs, acs = synaptic_operations(images, self.fc1_fan_out)  # fc1, applied once
+        self.fc1_applications = inputs.shape[0] if inputs.dim() == 3 else 1
+        vectors = inputs.reshape(-1, inputs.shape[-1])  # fc1's input at each application
+        macs, acs = synaptic_operations(vectors, self.fc1_fan_out)
         acs = acs + spike_operations(activity.hidden_neuron_spikes, self.fc2_fan_out)  # fc2
         spikes = activity.hidden_neuron_spikes.sum() + activity.output_spikes
         updates = activity.hidden_membrane_updates + activity.output_membrane_updates
         self.totals += torch.stack([macs, acs, spikes, updates])
-        self.samples += len(images)
+        self.samples += inputs.shape[-2]
 
     def metrics(self) -> dict[str, float]:
         """The workload metrics, per sample, over every batch added."""
         macs, acs, spikes, updates = (int(v) for v in self.totals.tolist())
         n, neurons = self.samples, self.hidden + self.outputs
         per_sample = (lambda v: v / n) if n else (lambda v: 0.0)
-        dense = self.inputs * self.hidden + self.num_steps * self.hidden * self.outputs
+        dense = (
+            self.fc1_applications * self.inputs * self.hidden
+            + self.num_steps * self.hidden * self.outputs
+        )
         return {
             "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * neurons),
             "synops_effective_macs": per_sample(macs),
@@ -158,18 +170,23 @@ class Workload:
         }
 
 
-def static_metrics(model: nn.Module) -> dict[str, float]:
-    """Footprint in bytes, parameter count and connection sparsity of either backend's net."""
+def static_metrics(
+    model: nn.Module, neuron: str = neuron_models.DEFAULT_NEURON
+) -> dict[str, float]:
+    """Footprint in bytes, parameter count and connection sparsity of either backend's net
+    of `neuron` models (harness/neuron_models.py)."""
+    spec = neuron_models.spec(neuron)
     fc1, fc2 = model.fc1, model.fc2
     parameters = list(model.parameters())
     weights = (fc1.weight, fc2.weight)
     zeros = sum(int((w == 0).sum()) for w in weights)
-    state = (fc1.out_features + fc2.out_features) * fc1.weight.element_size()
+    neurons = fc1.out_features + fc2.out_features
+    state = spec.state_tensors * neurons * fc1.weight.element_size()
     return {
         "footprint_bytes": float(
             sum(p.numel() * p.element_size() for p in parameters)
             + state
-            + LIF_LAYERS * LEAKY_CONSTANT_BYTES
+            + LIF_LAYERS * spec.constant_bytes
         ),
         "parameter_count": float(sum(p.numel() for p in parameters)),
         "connection_sparsity": zeros / sum(w.numel() for w in weights),

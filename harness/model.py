@@ -1,15 +1,21 @@
-"""The tutorial-5 network, Linear(784, H) -> LIF -> Linear(H, 10) -> LIF, in two backends.
+"""The tutorial-5 network, Linear(784, H) -> neurons -> Linear(H, 10) -> neurons, in two backends.
 
-- `reference`: snnTorch's `Leaky` neurons in a Python loop over steps, fc1 applied at every
-  step, exactly as the seed writes it. The yardstick for correctness and speed.
-- `fused`: the same mathematics restructured: fc1 once (the input is static), then on the
-  CPU one kernel for the rest (`kernels.fused_lif_net`: both LIF layers and fc2, a sample
-  at a time in cache, closed-form backward); on other devices the hidden layer as one LIF
-  scan, fc2 as one matrix product over all steps, the output layer as a second scan
-  (`neurons.lif_scan`).
+Both layers use the run's neuron model (harness/neuron_models.py: snnTorch's Leaky, the
+seed's, or Synaptic). The input is the image (B, 784), the same current at every step
+(direct encoding), or spikes (T, B, 784) from harness.encoding.
+
+- `reference`: snnTorch's neurons in a Python loop over steps, fc1 applied at every step
+  (to x[step] for spike input), exactly as the seed writes it. The yardstick for
+  correctness and speed.
+- `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
+  one matrix product (spikes); then, for Leaky neurons on direct input on the CPU, one
+  kernel for the rest (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in
+  cache, closed-form backward); otherwise the hidden layer as one scan, fc2 as one matrix
+  product over all steps, the output layer as a second scan (the model's scan in
+  `neurons`, on any device).
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
 In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
-metrics of `harness.efficiency`), the same counts on the same weights and images.
+metrics of `harness.efficiency`), the same counts on the same weights and inputs.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import torch
 import yaml
 from torch import nn
 
+from harness import neuron_models
 from harness.config import RunConfig
 from harness.kernels import fused_lif_net
-from harness.neurons import lif_scan, snntorch_surrogate
+from harness.surrogates import snntorch_surrogate
 
 NUM_INPUTS = 28 * 28
 NUM_OUTPUTS = 10
@@ -64,29 +71,47 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
 
 
 class FusedNet(nn.Module):
-    """`kernel`: "numba" (the CPU kernel of `kernels`), "torch" (tensor ops, any device), or
-    "auto" (numba for float32 on the CPU, else torch)."""
+    """`kernel`: "numba" (the CPU kernel of `kernels`: Leaky neurons, direct input), "torch"
+    (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
+    the neuron model and the input, for float32 on the CPU; else torch)."""
 
     def __init__(self, config: RunConfig, kernel: str = "auto"):
         super().__init__()
         if kernel not in ("auto", "numba", "torch"):
             raise ValueError(f"unknown kernel {kernel!r} (allowed: auto, numba, torch)")
+        self.neuron = neuron_models.spec(config.neuron)
+        if kernel not in ("auto", "torch") and kernel not in self.neuron.kernels:
+            supported = [n for n, s in neuron_models.NEURONS.items() if kernel in s.kernels]
+            raise ValueError(
+                f"kernel {kernel!r} does not run neuron {config.neuron} (it runs: "
+                f"{', '.join(supported)}); use kernel 'torch' or 'auto'"
+            )
         self.kernel = kernel
+        self.scan = self.neuron.scan_function()
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
-            beta=config.beta,
-            threshold=config.threshold,
+            **config.neuron_parameters,
             surrogate=config.surrogate,
             slope=config.surrogate_slope,
         )
 
+    def _numba(self, x: torch.Tensor) -> bool:
+        """Does this input run on the numba kernel?"""
+        if x.dim() == 3 and self.kernel == "numba":
+            raise ValueError(
+                "kernel 'numba' takes direct input (B, 784) only, not spikes (T, B, 784); "
+                "use kernel 'torch' or 'auto'"
+            )
+        if self.kernel != "auto":
+            return self.kernel == "numba"
+        cpu = x.device.type == "cpu" and x.dtype == torch.float32
+        return cpu and x.dim() == 2 and "numba" in self.neuron.kernels
+
     def forward(self, x: torch.Tensor) -> NetOutput:
-        cur1 = self.fc1(x)
-        numba = self.kernel == "numba" or (
-            self.kernel == "auto" and cur1.device.type == "cpu" and cur1.dtype == torch.float32
-        )
+        numba = self._numba(x)
+        cur1 = self.fc1(x)  # spikes (T, B, 784): every step in one matrix product
         if numba:  # the kernel counts the activity too, in eval mode
             spikes, membranes, counts, tallies = fused_lif_net(
                 cur1, self.fc2.weight, self.fc2.bias, **self.lif, activity=not self.training
@@ -95,8 +120,8 @@ class FusedNet(nn.Module):
                 return NetOutput(spikes, membranes, None)
             activity = Activity(counts, *tallies)
             return NetOutput(spikes, membranes, counts.sum(), activity)
-        spikes1, membranes1 = lif_scan(cur1, **self.lif)
-        spikes, membranes = lif_scan(self.fc2(spikes1), **self.lif)
+        spikes1, membranes1 = self.scan(cur1, **self.lif)
+        spikes, membranes = self.scan(self.fc2(spikes1), **self.lif)
         if self.training:
             return NetOutput(spikes, membranes, None)
         return _eval_output(spikes, membranes, *layer_activity(spikes1, membranes1))
@@ -108,33 +133,39 @@ class ReferenceNet(nn.Module):
 
         super().__init__()
         snn.SpikingNeuron.init()  # snnTorch keeps every neuron ever built (its issue #328)
+        self.neuron = neuron_models.spec(config.neuron)
+        neuron = getattr(snn, self.neuron.snntorch)
         grad = snntorch_surrogate(config.surrogate, config.surrogate_slope)
         self.num_steps = config.num_steps
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
-        self.lif1 = snn.Leaky(beta=config.beta, threshold=config.threshold, spike_grad=grad)
+        self.lif1 = neuron(**config.neuron_parameters, spike_grad=grad)
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
-        self.lif2 = snn.Leaky(beta=config.beta, threshold=config.threshold, spike_grad=grad)
+        self.lif2 = neuron(**config.neuron_parameters, spike_grad=grad)
+
+    def _initial_state(self, layer: nn.Module) -> tuple[torch.Tensor, ...]:
+        """The layer's state variables from snnTorch's init method (the membrane last)."""
+        state = getattr(layer, self.neuron.snntorch_init)()
+        return state if isinstance(state, tuple) else (state,)
 
     def forward(self, x: torch.Tensor) -> NetOutput:
-        mem1 = self.lif1.init_leaky()
-        mem2 = self.lif2.init_leaky()
+        state1, state2 = self._initial_state(self.lif1), self._initial_state(self.lif2)
         spk2_rec, mem2_rec = [], []
         counts = updates = None
         if not self.training:  # the hidden layer's activity, counted as it goes
             counts = x.new_zeros(self.fc1.out_features, dtype=torch.int64)
             updates = x.new_zeros((), dtype=torch.int64)
         for step in range(self.num_steps):
-            cur1 = self.fc1(x)
-            previous = mem1
-            spk1, mem1 = self.lif1(cur1, mem1)
+            cur1 = self.fc1(x[step] if x.dim() == 3 else x)
+            previous = state1[-1]
+            spk1, *state1 = self.lif1(cur1, *state1)
             cur2 = self.fc2(spk1)
-            spk2, mem2 = self.lif2(cur2, mem2)
+            spk2, *state2 = self.lif2(cur2, *state2)
             spk2_rec.append(spk2)
-            mem2_rec.append(mem2)
+            mem2_rec.append(state2[-1])
             if counts is not None:  # (as `layer_activity`)
                 counts += spk1.sum(0).to(torch.int64)
                 if step:
-                    updates += torch.count_nonzero(mem1 != previous)
+                    updates += torch.count_nonzero(state1[-1] != previous)
         spikes, membranes = torch.stack(spk2_rec), torch.stack(mem2_rec)
         if counts is None:
             return NetOutput(spikes, membranes, None)

@@ -1,5 +1,7 @@
 """One training run: the seed's loop (Adam, batch loss, periodic test-batch loss, full test at
-the end of each epoch), readable top to bottom.
+the end of each epoch), readable top to bottom. Each batch of images is encoded (harness.encoding)
+before the model, so both backends get the same input: the images, or spikes drawn from the
+run's own generators (training, test batches, evaluation: one stream each).
 
 The loop knows nothing of Optuna or MLflow. Metrics leave it as `Event`s through callbacks; a
 callback that raises `StopRun` (for pruning, say) ends the run with that status.
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness import decoding, efficiency
+from harness import decoding, efficiency, encoding
 from harness.config import ConfigError, RunConfig
 from harness.data import Batch, Dataset, Split, test_batches, train_batches
 from harness.metrics import METRICS
@@ -103,17 +105,34 @@ def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.devi
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), fused=fused)
 
 
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+
+def encoder(config: RunConfig, stream: str, device: torch.device) -> Encoder:
+    """The run's input encoding of image batches (harness.encoding), drawing its spikes from
+    the run's generator `stream`, on `device`; direct encoding passes the images through."""
+    spec = encoding.spec(config.encoding)
+    if not spec.spiking:
+        return lambda images: images
+    generator = encoding.generator(config.seed, stream, device)
+    return lambda images: spec.encode(images, config.num_steps, generator)
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[str, float]:
     """Loss of the run's decoding, both accuracies, firing rates and the efficiency metrics
-    (`harness.efficiency`: NeuroBench's, per sample) over a whole split."""
+    (`harness.efficiency`: NeuroBench's, per sample) over a whole split. Spike encodings draw
+    from a generator seeded afresh at each call: every evaluation of a run sees the same
+    spikes."""
     model.eval()
     batch_size = max(config.batch_size, 25_000 // config.num_steps)
     loss_sum = rate_hits = latency_hits = hidden = output = 0.0
     workload = efficiency.Workload(model, config.num_steps)
+    encode = encoder(config, "evaluation", split.images.device)
     for images, labels in test_batches(split, batch_size):
-        out = model(images)
-        workload.add(images, out)
+        inputs = encode(images)
+        out = model(inputs)
+        workload.add(inputs, out)
         loss_sum += float(decoding.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
             labels
         )
@@ -132,15 +151,17 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         "hidden_firing_rate": hidden / (count * config.hidden * config.num_steps),
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
         **workload.metrics(),
-        **efficiency.static_metrics(model),
+        **efficiency.static_metrics(model, config.neuron),
     }
 
 
 @torch.no_grad()
-def _test_batch(model: torch.nn.Module, batch: Batch, how: str) -> dict[str, float]:
+def _test_batch(
+    model: torch.nn.Module, batch: Batch, how: str, encode: Encoder
+) -> dict[str, float]:
     """Loss and accuracy on one test batch (the seed's per-report test loss)."""
     images, labels = batch
-    out = model(images)
+    out = model(encode(images))
     loss = decoding.loss(how, out.spikes, out.membranes, labels)
     hits = (decoding.predict(how, out.spikes) == labels).float().mean()
     return {"test_loss": float(loss), "test_batch_accuracy": float(hits)}
@@ -181,6 +202,8 @@ def train(
     test_stream = _endless(
         test_split, config.batch_size, torch.Generator().manual_seed(config.seed + 1)
     )
+    encode_train = encoder(config, "train", device)
+    encode_test = encoder(config, "test_batches", device)
 
     def emit(event: Event) -> None:
         for callback in callbacks:
@@ -227,7 +250,7 @@ def train(
             for images, labels in train_batches(train_split, config.batch_size, order):
                 if stop_check is not None:
                     stop_check()
-                out = model(images)
+                out = model(encode_train(images))
                 loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -238,7 +261,8 @@ def train(
                     bar.update()
                 if iteration % config.eval_every == 0:
                     flush(epoch)
-                    test_metrics = _test_batch(model, next(test_stream), config.decoding)
+                    batch = next(test_stream)
+                    test_metrics = _test_batch(model, batch, config.decoding, encode_test)
                     result.test_loss.append((iteration, test_metrics["test_loss"]))
                     emit(Event("eval", iteration, epoch, test_metrics))
             flush(epoch)

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 from harness.cli import main
 from harness.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study
 from harness.datasets import DATASETS
+from harness.encoding import ENCODINGS
+from harness.neuron_models import NEURONS
+from harness.surrogates import SURROGATES
 
 FIELDS = [name for name in RunConfig.model_fields if name != "save_model"]
 SETTINGS = settings(
@@ -40,7 +43,11 @@ INVALID = {
     "num_steps": st.one_of(st.integers(max_value=0), not_a_number),
     "hidden": st.one_of(st.integers(max_value=0), not_a_number),
     "threshold": st.one_of(st.floats(max_value=0.0), not_a_number),
-    "surrogate": junk_text.filter(lambda s: s not in ("atan", "fast_sigmoid")),
+    "neuron": junk_text.filter(lambda s: s not in NEURONS),
+    # any alpha: the default neuron (leaky) has none
+    "alpha": st.one_of(st.floats(max_value=0.0), st.floats(min_value=0.01, max_value=2.0)),
+    "surrogate": junk_text.filter(lambda s: s not in SURROGATES),
+    "encoding": junk_text.filter(lambda s: s not in ENCODINGS),
     "slope": st.one_of(st.floats(max_value=0.0), not_a_number),
     "decoding": junk_text.filter(lambda s: s not in ("rate", "latency")),
     "lr": st.one_of(st.floats(max_value=0.0), not_a_number),
@@ -321,3 +328,82 @@ def test_unusable_store_urls_are_refused_before_the_stores(
         tracking = flags if flags else []
         err = assert_refused(main(["ui", "--output-dir", str(out), *tracking]), capsys, out)
         assert "is not an MLflow tracking URI (allowed: a plain path, file:" in err
+
+
+# Neuron models, their parameters and encodings: from a run file, --set and a study file.
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        (["neuron=izhikevich"], "unknown neuron (allowed: leaky, synaptic) (got 'izhikevich')"),
+        (["encoding=phase"], "unknown encoding (allowed: direct, rate, latency) (got 'phase')"),
+        (["surrogate=relu"], "unknown surrogate (allowed: atan, fast_sigmoid) (got 'relu')"),
+        (["alpha=0.5"], "'alpha' is a parameter of neuron synaptic, not of neuron leaky "
+         "(its parameters: beta, threshold)"),
+        (["neuron=synaptic", "alpha=1.5"], "'alpha': Input should be less than or equal to 1"),
+        (["neuron=synaptic", "alpha=0"], "'alpha': Input should be greater than 0"),
+    ],
+)  # fmt: skip
+def test_bad_neurons_and_encodings_are_refused(settings, fragment, tmp_path, capsys):
+    data = tmp_path / "data"
+    flags = [flag for setting in settings for flag in ("--set", setting)]
+    err = assert_refused(main(["train", *flags, "--data-dir", str(data)]), capsys, data)
+    assert fragment in err
+    path = tmp_path / "run.yaml"
+    path.write_text("".join(f"{s.replace('=', ': ')}\n" for s in settings))
+    err = assert_refused(main(["train", "--config", str(path), "--data-dir", str(data)]),
+                         capsys, data)  # fmt: skip
+    assert fragment in err
+
+
+ALPHA_MISPLACED = "'alpha' is a parameter of neuron synaptic only, but runs of this study use "
+NEURON_STUDIES = [
+    ("leakygrid", {"space": {"alpha": [0.5, 0.9]}},
+     f"space.alpha: {ALPHA_MISPLACED}neuron leaky (its parameters: beta, threshold); set alpha "
+     "only where every run's neuron takes it (neuron: synaptic in base, not varied)"),
+    ("mixedgrid", {"space": {"neuron": ["leaky", "synaptic"], "alpha": [0.5, 0.9]}},
+     f"space.alpha: {ALPHA_MISPLACED}neuron leaky (its parameters: beta, threshold)"),
+    ("mixedbase", {"base": {"neuron": "synaptic", "alpha": 0.5},
+                   "space": {"neuron": ["synaptic", "leaky"]}}, f"base.alpha: {ALPHA_MISPLACED}"),
+    ("mixedsearch", {"space": {"neuron": {"choices": ["leaky", "synaptic"]},
+                               "alpha": {"low": 0.5, "high": 0.9}},
+                     "sampler": "tpe", "n_trials": 2}, f"space.alpha: {ALPHA_MISPLACED}"),
+    ("badneuron", {"space": {"neuron": ["leaky", "hh"]}}, "unknown neuron (allowed: leaky, "
+     "synaptic)"),
+    ("badencoding", {"space": {"encoding": ["rate", "poisson"]}}, "unknown encoding (allowed: "
+     "direct, rate, latency)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("stem", "body", "fragment"), NEURON_STUDIES)
+def test_a_study_sets_alpha_only_where_every_run_is_synaptic(stem, body, fragment, tmp_path,
+                                                              capsys):  # fmt: skip
+    path = tmp_path / f"{stem}.yaml"
+    path.write_text(yaml.safe_dump({"name": stem, **body}))
+    out = tmp_path / "out"
+    err = assert_refused(main(["study", str(path), "--output-dir", str(out)]), capsys, out)
+    assert fragment in err and str(path) in err
+
+
+def test_studies_may_vary_neuron_alpha_and_encoding_where_they_belong(tmp_path):
+    bodies = {
+        "alphas": {"base": {"neuron": "synaptic"}, "space": {"alpha": [0.5, 0.9]}},
+        "onlysyn": {"space": {"neuron": ["synaptic"], "alpha": [0.5, 0.9]}},
+        "neurons": {"space": {"neuron": ["leaky", "synaptic"], "encoding": ["direct", "rate"]}},
+        "search": {"base": {"neuron": "synaptic"}, "sampler": "tpe", "n_trials": 2,
+                   "space": {"alpha": {"low": 0.5, "high": 1.0}, "encoding": {"choices": [
+                       "rate", "latency"]}}},
+    }  # fmt: skip
+    grids = {}
+    for stem, body in bodies.items():
+        path = tmp_path / f"{stem}.yaml"
+        path.write_text(yaml.safe_dump({"name": stem, **body}, sort_keys=False))
+        grids[stem] = load_study(str(path))
+    alphas = grids["alphas"]
+    assert [alphas.run_config(point, 0).alpha for point in alphas.grid()] == [0.5, 0.9]
+    configs = [grids["neurons"].run_config(p, 0) for p in grids["neurons"].grid()]
+    assert [(c.neuron, c.encoding, c.alpha) for c in configs] == [
+        ("leaky", "direct", None), ("leaky", "rate", None),
+        ("synaptic", "direct", 0.9), ("synaptic", "rate", 0.9),
+    ]  # fmt: skip

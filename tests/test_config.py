@@ -1,4 +1,7 @@
+import subprocess
+import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -72,3 +75,54 @@ def test_cli_rejects_a_missing_or_malformed_config_file(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_neuron_encoding_and_their_parameters_come_from_the_tables():
+    config = RunConfig()
+    assert (config.neuron, config.alpha, config.encoding) == ("leaky", None, "direct")
+    assert config.neuron_parameters == {"beta": 0.95, "threshold": 1.0}
+    synaptic = make_run_config({"neuron": "synaptic", "beta": 0.8})
+    assert synaptic.alpha == 0.9  # unset: the model's default, in the config as logged
+    assert synaptic.neuron_parameters == {"alpha": 0.9, "beta": 0.8, "threshold": 1.0}
+    assert make_run_config({"neuron": "synaptic", "alpha": 1}).neuron_parameters["alpha"] == 1.0
+    assert make_run_config({"encoding": "latency"}).encoding == "latency"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"neuron": "izhikevich"}, "invalid value for 'neuron': unknown neuron (allowed: leaky, "
+         "synaptic) (got 'izhikevich')"),
+        ({"encoding": "phase"}, "unknown encoding (allowed: direct, rate, latency)"),
+        ({"surrogate": "sigmoid"}, "unknown surrogate (allowed: atan, fast_sigmoid)"),
+        ({"alpha": 0.5}, "config: 'alpha' is a parameter of neuron synaptic, not of neuron leaky "
+         "(its parameters: beta, threshold)"),
+        ({"neuron": "synaptic", "alpha": 0}, "'alpha': Input should be greater than 0"),
+        ({"neuron": "synaptic", "alpha": 1.01}, "'alpha': Input should be less than or equal to 1"),
+        ({"neuron": "synaptic", "alpha": True}, "'alpha': must be a number, not true/false"),
+    ],
+)  # fmt: skip
+def test_bad_neurons_encodings_and_alphas_are_one_line_naming_what_is_allowed(values, message):
+    with pytest.raises(ConfigError) as err:
+        make_run_config(values)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_tables_are_the_only_lists_of_names():
+    from harness import decoding, kernels, neuron_models, surrogates
+
+    # the CPU kernel branches on the surrogate table's codes
+    assert kernels.SURROGATE_CODE == {n: s.kernel_code for n, s in surrogates.SURROGATES.items()}
+    assert {n: s.default_slope for n, s in surrogates.SURROGATES.items()} == {
+        "atan": 2.0,
+        "fast_sigmoid": 25.0,
+    }
+    assert neuron_models.EXCLUSIVE_PARAMS == ("alpha",)
+    assert [n for n, s in neuron_models.NEURONS.items() if "numba" in s.kernels] == ["leaky"]
+    # decodings: config.py cannot import decoding.py (torch); its names are decoding's table
+    assert get_args(RunConfig.model_fields["decoding"].annotation) == decoding.DECODINGS
+
+
+def test_config_reads_its_tables_without_torch():
+    code = "import sys, harness.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

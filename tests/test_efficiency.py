@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from harness import efficiency
+from harness import efficiency, neuron_models
 from harness.config import make_run_config
 from harness.data import Split, load, read_split
 from harness.metrics import METRICS
 from harness.model import Activity, FusedNet, NetOutput, build_model, layer_activity
-from harness.train import evaluate, train
+from harness.train import encoder, evaluate, train
 
 
 class Tiny(nn.Module):
@@ -100,6 +100,26 @@ def test_workload_per_sample_on_hand_made_activity():
     assert metrics["membrane_updates"] == 5 + (3 + 2) / 2
 
 
+def test_spike_input_costs_fc1_accumulates_at_every_step():
+    model = Tiny()  # fc1 fan-outs 3, 1, 1, 0
+    workload = efficiency.Workload(model, num_steps=2)
+    spikes = torch.tensor([[[1.0, 1, 0, 0], [0, 0, 1, 1]], [[1.0, 0, 1, 0], [0, 0, 0, 0]]])
+    quiet = torch.zeros(2, 2, 2)
+    activity = Activity(torch.tensor([1, 0, 0]), torch.tensor(0), torch.tensor(0), torch.tensor(0))
+    workload.add(spikes, NetOutput(quiet, quiet, torch.tensor(1), activity))
+    metrics = workload.metrics()
+    assert metrics["synops_effective_macs"] == 0
+    # fc1: (3 + 1) + (1 + 0) at step 0, (3 + 1) at step 1; fc2: one hidden spike, fan-out 1
+    assert metrics["synops_effective_acs"] == (4 + 1 + 4 + 1) / 2
+    assert metrics["synops_dense"] == 2 * 4 * 3 + 2 * 3 * 2  # both layers at every step
+
+
+def test_static_metrics_of_synaptic_neurons_hold_their_current_too():
+    leaky = efficiency.static_metrics(Tiny())["footprint_bytes"]
+    synaptic = efficiency.static_metrics(Tiny(), "synaptic")["footprint_bytes"]
+    assert synaptic - leaky == 4 * 5 + 2 * 4  # a current per neuron, alpha per layer
+
+
 def test_static_metrics_of_a_net_with_zero_weights():
     metrics = efficiency.static_metrics(Tiny())
     assert metrics["parameter_count"] == 4 * 3 + 3 + 3 * 2 + 2
@@ -159,20 +179,37 @@ def _neurobench_net(model: nn.Module, config) -> nn.Module:
     holding their state (init_hidden), forward(x[:, t]) -> (spikes, membranes)."""
     import snntorch as snn
 
+    neuron = getattr(snn, neuron_models.spec(config.neuron).snntorch)
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            lif = dict(beta=config.beta, threshold=config.threshold, init_hidden=True)
-            self.fc1, self.lif1 = nn.Linear(784, config.hidden), snn.Leaky(**lif)
-            self.fc2, self.lif2 = nn.Linear(config.hidden, 10), snn.Leaky(**lif, output=True)
+            lif = dict(**config.neuron_parameters, init_hidden=True)
+            self.fc1, self.lif1 = nn.Linear(784, config.hidden), neuron(**lif)
+            self.fc2, self.lif2 = nn.Linear(config.hidden, 10), neuron(**lif, output=True)
 
         def forward(self, x):
-            return self.lif2(self.fc2(self.lif1(self.fc1(x))))
+            out = self.lif2(self.fc2(self.lif1(self.fc1(x))))
+            return out[0], out[-1]  # spikes, membranes (Synaptic's current between)
+
+        def reset(self):
+            for layer in (self.lif1, self.lif2):
+                layer.reset_mem()
 
     net = Net()
     net.fc1.load_state_dict(model.fc1.state_dict())
     net.fc2.load_state_dict(model.fc2.state_dict())
     return net
+
+
+def _over_steps(steps: int):
+    """NeuroBench's input (B, T, 784): the image at every step, or spikes as they are."""
+
+    def process(data):
+        images = data[0]
+        return (images if images.dim() == 3 else images.unsqueeze(1).expand(-1, steps, -1)), data[1]
+
+    return process
 
 
 def _neurobench(model: nn.Module, config, split: Split, batch_size: int) -> dict:
@@ -193,7 +230,7 @@ def _neurobench(model: nn.Module, config, split: Split, batch_size: int) -> dict
     benchmark = Benchmark(
         wrapped,
         None,
-        [lambda data: (data[0].unsqueeze(1).expand(-1, steps, -1), data[1])],  # (B, T, 784)
+        [_over_steps(steps)],
         [ChooseMaxCount()],
         [
             [Footprint, ParameterCount, ConnectionSparsity],
@@ -310,3 +347,32 @@ def test_the_study_table_shows_the_efficiency_metrics_that_vary():
     assert lines[1].endswith("   1,234") and lines[2].endswith("   5,679")
     header, cells = efficiency.table_columns([{"activation_sparsity": 0.5}, {}])
     assert (header, cells) == ("", ["", ""])  # one value and a missing one: nothing varies
+
+
+def test_spikes_into_synaptic_neurons_count_as_neurobench_counts_them():
+    """Rate-encoded input (fc1 at every step, accumulates) into Synaptic neurons: the
+    counts are NeuroBench's, fc1 included, and the same for both backends."""
+    pytest.importorskip("neurobench")
+    settings = {"hidden": 32, "num_steps": 5, "neuron": "synaptic", "alpha": 0.8}
+    config = make_run_config({**settings, "encoding": "rate", "threshold": 0.5})
+    torch.manual_seed(3)
+    model = build_model(config.model_copy(update={"backend": "reference"}))
+    with torch.no_grad():
+        model.fc1.weight[:, ::5] = 0
+    generator = torch.Generator().manual_seed(4)
+    split = Split(torch.rand(16, 784, generator=generator), torch.arange(16) % 10)
+    ours = evaluate(model, split, config)  # one batch: its spikes are these
+    spikes = encoder(config, "evaluation", torch.device("cpu"))(split.images)
+    theirs = _neurobench(model, config, Split(spikes.transpose(0, 1), split.labels), 16)
+    assert theirs["Effective_ACs"] > 0 and theirs["Effective_MACs"] == 0
+    assert ours["synops_effective_macs"] == 0
+    assert ours["synops_effective_acs"] == pytest.approx(theirs["Effective_ACs"], rel=1e-6)
+    assert ours["synops_dense"] == theirs["Dense"] == 5 * (784 * 32 + 32 * 10)
+    assert ours["membrane_updates"] == pytest.approx(theirs["MembraneUpdates"], rel=1e-6)
+    assert ours["activation_sparsity"] == pytest.approx(theirs["ActivationSparsity"], rel=1e-6)
+    assert ours["footprint_bytes"] == theirs["Footprint"]  # syn and mem of one sample, alpha
+    fused = build_model(config)
+    fused.load_state_dict(model.state_dict(), strict=False)
+    fused_metrics = evaluate(fused, split, config)
+    for name in efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS:
+        assert fused_metrics[name] == ours[name], name

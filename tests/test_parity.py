@@ -4,7 +4,7 @@ import pytest
 import torch
 from snntorch import functional as SF
 
-from harness import decoding
+from harness import decoding, encoding
 from harness.config import make_run_config
 from harness.model import FusedNet, build_model
 
@@ -38,15 +38,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
-@pytest.mark.parametrize("settings", CASES, ids=lambda c: "-".join(map(str, c.values())))
-def test_fused_matches_the_snntorch_reference(settings, kernel):
-    config, reference, fused = twin_models(kernel, **settings)
-    generator = torch.Generator().manual_seed(2)
-    images = torch.rand(32, 784, generator=generator) * 1.5
-    labels = torch.randint(0, 10, (32,), generator=generator)
-    ref_out, ref_loss, ref_grads = run(reference, config, images, labels)
-    out, loss, grads = run(fused, config, images, labels)
+def assert_same(config, reference, fused, inputs, labels):
+    """Spikes equal away from the threshold, membranes and loss to 1e-6, gradients to 1e-5."""
+    ref_out, ref_loss, ref_grads = run(reference, config, inputs, labels)
+    out, loss, grads = run(fused, config, inputs, labels)
 
     assert ref_out.spikes.sum() > 0  # the comparison is not vacuous
     near_threshold = (ref_out.membranes - config.threshold).abs() < 1e-6
@@ -58,6 +53,70 @@ def test_fused_matches_the_snntorch_reference(settings, kernel):
         assert ref_grad.abs().max() > 0, name
         scale = float(ref_grad.abs().max())
         torch.testing.assert_close(grads[name], ref_grad, rtol=1e-5, atol=1e-5 * scale)
+
+
+def images_and_labels(seed=2, batch=32):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 784, generator=generator) * 1.5
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+    return images, labels
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+@pytest.mark.parametrize("settings", CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_fused_matches_the_snntorch_reference(settings, kernel):
+    config, reference, fused = twin_models(kernel, **settings)
+    assert_same(config, reference, fused, *images_and_labels())
+
+
+# snnTorch's Synaptic: the fused backend's scan (auto picks it: the numba kernel is Leaky's).
+SYNAPTIC_CASES = [
+    dict(num_steps=25, decoding="rate"),  # alpha unset: 0.9
+    dict(alpha=0.5, beta=0.8, num_steps=10, surrogate="fast_sigmoid", slope=5.0, threshold=0.5),
+    dict(alpha=1.0, beta=0.5, num_steps=15, surrogate="atan", slope=7.5, decoding="latency"),
+    dict(alpha=0.95, beta=1.0, num_steps=7, surrogate="fast_sigmoid", threshold=2.0,
+         decoding="latency"),
+    dict(alpha=0.2, beta=0.99, num_steps=30, slope=0.5, threshold=0.25),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+@pytest.mark.parametrize("settings", SYNAPTIC_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_fused_synaptic_matches_snntorch_synaptic(settings, kernel):
+    config, reference, fused = twin_models(kernel, neuron="synaptic", **settings)
+    assert type(reference.lif1).__name__ == "Synaptic"
+    assert float(reference.lif1.alpha) == pytest.approx(settings.get("alpha", 0.9))
+    assert_same(config, reference, fused, *images_and_labels(3))
+
+
+# Spike input (T, B, 784) from the run's encoding: the same spikes into both backends.
+SPIKE_CASES = [
+    dict(encoding="rate", beta=0.9, num_steps=12),
+    dict(encoding="latency", beta=0.95, num_steps=20, decoding="latency", threshold=0.5),
+    dict(encoding="rate", neuron="synaptic", alpha=0.8, beta=0.7, num_steps=10,
+         surrogate="fast_sigmoid"),
+    dict(encoding="latency", neuron="synaptic", beta=0.9, num_steps=16, decoding="latency"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", SPIKE_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_fused_matches_the_reference_on_encoded_spikes(settings):
+    config, reference, fused = twin_models("auto", **settings)
+    images, labels = images_and_labels(4)
+    spikes = encoding.encode(
+        config.encoding, images.clamp(0, 1), config.num_steps, torch.Generator().manual_seed(5)
+    )
+    assert spikes.shape == (config.num_steps, 32, 784)
+    assert_same(config, reference, fused, spikes, labels)
+
+
+def test_the_numba_kernel_refuses_what_it_cannot_run():
+    synaptic = make_run_config({"hidden": 8, "neuron": "synaptic"})
+    with pytest.raises(ValueError, match="kernel 'numba' does not run neuron synaptic .*leaky"):
+        FusedNet(synaptic, kernel="numba")
+    leaky = FusedNet(make_run_config({"hidden": 8, "num_steps": 3}), kernel="numba")
+    with pytest.raises(ValueError, match="direct input"):
+        leaky(torch.zeros(3, 2, 784))
 
 
 def test_hidden_spike_counts_agree_in_eval_mode():
