@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--tracking", action="store_true",
         help="instead: MLflow's share of a tutorial-5 run (with and without logging)",
     )  # fmt: skip
+    bench.add_argument(
+        "--peers", action="store_true",
+        help="instead: the tutorial-5 case as rows (snnTorch as written, fc1 once, "
+        "SpikingJelly, Norse, fused torch ops, fused kernel); needs pip install '.[peers]'",
+    )  # fmt: skip
+    bench.add_argument(
+        "--compile", action="store_true",
+        help="with --peers: add snnTorch under torch.compile (compiles for minutes)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -265,6 +274,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.device, args.iterations, args.warmup, args.data_dir,
         cases=bench.CASES[:1] if args.quick else bench.CASES,
         with_scaling=not args.quick, memory=not args.quick,
+        peers=args.peers, compiled=args.compile,
     )  # fmt: skip
     print(bench.format_report(report))
     if args.json:

@@ -30,7 +30,7 @@ from torch import nn
 
 from harness import neuron_models
 from harness.config import RunConfig
-from harness.kernels import fused_lif_net
+from harness.kernels import fused_lif_net, fused_linear
 from harness.surrogates import snntorch_surrogate
 
 NUM_INPUTS = 28 * 28
@@ -89,6 +89,8 @@ class FusedNet(nn.Module):
         self.kernel = kernel
         self.scan = self.neuron.scan_function()
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
+        # stored as its transpose, (784, H) in memory: fused_linear reads and writes its rows
+        self.fc1.weight = nn.Parameter(self.fc1.weight.detach().t().contiguous().t())
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
@@ -111,7 +113,9 @@ class FusedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         numba = self._numba(x)
-        cur1 = self.fc1(x)  # spikes (T, B, 784): every step in one matrix product
+        # spikes (T, B, 784): every step in one matrix product
+        train = numba and self.training
+        cur1 = fused_linear(x, self.fc1.weight, self.fc1.bias) if train else self.fc1(x)
         if numba:  # the kernel counts the activity too, in eval mode
             spikes, membranes, counts, tallies = fused_lif_net(
                 cur1, self.fc2.weight, self.fc2.bias, **self.lif, activity=not self.training

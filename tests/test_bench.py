@@ -1,9 +1,11 @@
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 
 from harness.bench import peak_memory_mb
+from harness.cli import main
 from harness.config import make_run_config
 from harness.train import resolve_device
 
@@ -38,3 +40,52 @@ def test_bench_rejects_a_bad_device_with_exit_2():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2 and "'device'" in done.stderr and done.stdout == ""
+
+
+PEERS_INSTALLED = all(importlib.util.find_spec(name) for name in ("spikingjelly", "norse"))
+
+
+def test_bench_peers_rows_share_weights_batches_and_initial_loss(mnist_dir):
+    command = [
+        sys.executable, "-m", "harness", "bench", "--peers", "--quick", "--iterations", "2",
+        "--warmup", "1", "--device", "cpu", "--data-dir", str(mnist_dir), "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if not PEERS_INSTALLED:
+        assert done.returncode == 2 and done.stdout == ""
+        assert "pip install '.[peers]'" in done.stderr and len(done.stderr.splitlines()) == 1
+        return
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == [
+        "reference", "snntorch_fc1_once", "spikingjelly", "norse", "fused_torch", "fused",
+    ]  # fmt: skip
+    reference = rows["reference"]
+    for row in rows.values():
+        assert row["ms_per_iteration"] > 0 and math.isfinite(row["initial_loss"])
+        assert math.isclose(
+            row["x_snntorch"], reference["ms_per_iteration"] / row["ms_per_iteration"]
+        )
+        assert row["label"] in done.stdout  # the plain-text table, a line per row
+    # Same weights and the same dynamics: the same loss before any step. Norse too (its
+    # reset is set to snnTorch's); SpikingJelly's reset decays, so only finite there.
+    for name in ("snntorch_fc1_once", "norse", "fused_torch", "fused"):
+        assert math.isclose(rows[name]["initial_loss"], reference["initial_loss"], rel_tol=1e-5)
+    assert math.isclose(
+        report["ratio"], reference["ms_per_iteration"] / rows["fused"]["ms_per_iteration"]
+    )
+    assert set(report["versions"]) == {"snntorch", "spikingjelly", "norse"}
+
+
+def test_bench_peers_missing_extra_is_one_line_exit_2(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "norse", None)  # as if not installed
+    assert main(["bench", "--peers", "--device", "cpu"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "norse" in err and "pip install '.[peers]'" in err
+
+
+def test_bench_compile_needs_peers(capsys):
+    assert main(["bench", "--compile", "--device", "cpu"]) == 2
+    assert "--peers" in capsys.readouterr().err
