@@ -70,6 +70,13 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
     return NetOutput(spikes, membranes, hidden_counts.sum(), activity)
 
 
+def _on_the_cpu(device: str) -> bool:
+    """Whether a run of `device` (a RunConfig's) trains on the CPU."""
+    from harness.train import resolve_device  # (train imports this module)
+
+    return resolve_device(device).type == "cpu"
+
+
 class FusedNet(nn.Module):
     """`kernel`: "numba" (the CPU kernel of `kernels`: Leaky neurons, direct input), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
@@ -89,8 +96,8 @@ class FusedNet(nn.Module):
         self.kernel = kernel
         self.scan = self.neuron.scan_function()
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
-        # stored as its transpose, (784, H) in memory: fused_linear reads and writes its rows
-        self.fc1.weight = nn.Parameter(self.fc1.weight.detach().t().contiguous().t())
+        if _on_the_cpu(config.device):  # (784, H) in memory: fused_linear works on its rows
+            self.fc1.weight = nn.Parameter(self.fc1.weight.detach().t().contiguous().t())
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
@@ -113,9 +120,12 @@ class FusedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         numba = self._numba(x)
-        # spikes (T, B, 784): every step in one matrix product
-        train = numba and self.training
-        cur1 = fused_linear(x, self.fc1.weight, self.fc1.bias) if train else self.fc1(x)
+        if self.training:  # zero pixels and absent spikes skipped (on the CPU); spike input
+            # (T, B, 784) takes every step in one product
+            flat = fused_linear(x.reshape(-1, NUM_INPUTS), self.fc1.weight, self.fc1.bias)
+            cur1 = flat.reshape(*x.shape[:-1], flat.shape[-1])
+        else:  # PyTorch's own product, as snnTorch's: the activity counts match it exactly
+            cur1 = self.fc1(x)
         if numba:  # the kernel counts the activity too, in eval mode
             spikes, membranes, counts, tallies = fused_lif_net(
                 cur1, self.fc2.weight, self.fc2.bias, **self.lif, activity=not self.training

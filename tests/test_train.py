@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from harness.cli import main
 from harness.config import make_run_config
 from harness.data import Dataset, Split
 from harness.train import Event, StopRun, train
@@ -136,3 +137,16 @@ def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
     (saved,) = (tmp_path / "out" / "models").glob("train-*-seed0.pt")
     assert saved.with_suffix(".yaml").exists()
     assert main(["train", "--save-model", str(tmp_path)]) == 2  # a folder is not a file name
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_cli_trains_synaptic_neurons_on_rate_spikes_from_set(mnist_dir, backend, capsys):
+    sets = ["neuron=synaptic", "alpha=0.8", "encoding=rate", "train_subset=512",
+            "test_subset=256", "hidden=64", "num_steps=10", f"backend={backend}"]  # fmt: skip
+    flags = [flag for setting in sets for flag in ("--set", setting)]
+    assert main(["train", *flags, "--data-dir", str(mnist_dir), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = summary["config"]
+    assert (config["neuron"], config["alpha"], config["encoding"]) == ("synaptic", 0.8, "rate")
+    assert summary["status"] == "finished" and summary["backend"] == backend
+    assert summary["test_accuracy"] > 0.2  # 4 iterations of 128 on spikes: above chance
