@@ -195,6 +195,7 @@ def train(
             f"batch_size {config.batch_size} is larger than the {len(train_split)} train images"
         )
 
+    start = time.perf_counter()  # a run's time includes building its model and optimizer
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer = make_optimizer(model, config, device)
@@ -244,7 +245,6 @@ def train(
     total = config.epochs * batches_per_epoch
     bar = tqdm(total=total, desc="train", unit="it", leave=False) if progress else None
     iteration = 0
-    start = time.perf_counter()
     try:
         for epoch in range(config.epochs):
             for images, labels in train_batches(train_split, config.batch_size, order):
