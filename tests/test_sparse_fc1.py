@@ -45,3 +45,22 @@ def test_fused_matches_the_reference_on_sparse_images():
     assert_same(config, reference, fused, images, labels)
     out, _, _ = run(fused, config, images, labels)
     assert out.spikes.sum() > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_weights_of_a_cuda_run_load_on_a_machine_without_one(tmp_path):
+    """The CPU keeps fc1 transposed, other devices contiguous: the weights move either way."""
+    from harness.config import make_run_config
+    from harness.model import build_model, load_weights, save_weights
+
+    config = make_run_config({"hidden": 32, "device": "cpu"})
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    assert not model.fc1.weight.is_contiguous()  # the CPU's layout
+    path = tmp_path / "model.pt"
+    save_weights(model.state_dict(), path, config)
+    loaded = load_weights(str(path), config.model_copy(update={"device": "cuda"})).eval()
+    assert loaded.fc1.weight.is_contiguous()
+    images = sparse_images(0.19, batch=8)
+    with torch.no_grad():
+        assert torch.equal(loaded(images).membranes, model(images).membranes)
