@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile", action="store_true",
         help="with --peers: add snnTorch under torch.compile (compiles for minutes)",
     )  # fmt: skip
+    bench.add_argument(
+        "--profile", action="store_true",
+        help="instead: where the fused backend's tutorial-5 iteration spends its time "
+        "(PyTorch's profiler)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -255,6 +260,7 @@ def _weights_path(flag: Path | None, save_model: bool, seed: int) -> Path | None
 def _bench(args: argparse.Namespace) -> int:
     from harness import bench
     from harness.config import make_run_config
+    from harness.train import resolve_device
 
     make_run_config({"device": args.device}, "--device")
     if args.iterations < 1 or args.warmup < 0:
@@ -269,6 +275,17 @@ def _bench(args: argparse.Namespace) -> int:
         )
         if args.json:
             print(json.dumps(report))
+        return 0
+    if args.profile:
+        device = resolve_device(args.device)
+        batches = bench.load_batches(args.data_dir, device, args.warmup + args.iterations)
+        rows = bench.profile_fused(batches, device, args.warmup)
+        print(f"fused backend, tutorial-5 (rate, batch 128), {args.iterations} iterations on "
+              f"{device} after {args.warmup} warm-up, each operation's own time:")  # fmt: skip
+        print(bench.format_profile(rows))
+        if args.json:
+            print(json.dumps({"device": str(device), "iterations": args.iterations,
+                              "operations": rows}))  # fmt: skip
         return 0
     report = bench.bench(
         args.device, args.iterations, args.warmup, args.data_dir,

@@ -89,3 +89,18 @@ def test_bench_peers_missing_extra_is_one_line_exit_2(monkeypatch, capsys):
 def test_bench_compile_needs_peers(capsys):
     assert main(["bench", "--compile", "--device", "cpu"]) == 2
     assert "--peers" in capsys.readouterr().err
+
+
+def test_bench_profile_names_where_the_fused_iteration_spends_its_time(mnist_dir):
+    command = [
+        sys.executable, "-m", "harness", "bench", "--profile", "--iterations", "2",
+        "--warmup", "1", "--device", "cpu", "--data-dir", str(mnist_dir), "--json",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    times = {row["name"]: row["ms_per_iteration"] for row in report["operations"]}
+    for name in ("_FusedLIFNet", "_FusedLIFNetBackward", "_FusedLinear", "_FusedLinearBackward"):
+        assert times[name] > 0, name
+    assert list(times.values()) == sorted(times.values(), reverse=True)
+    assert "all operations" in done.stdout
