@@ -39,7 +39,6 @@ MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and g
 # from their tables (harness/datasets.py, neuron_models.py, surrogates.py, encoding.py), all
 # without torch: config.py must not import torch, so bad input is refused in a fraction of a
 # second.
-MNIST_TRAIN_IMAGES = DATASETS["mnist"].train_size
 
 
 def _is_numeric(annotation: Any) -> bool:

@@ -29,14 +29,6 @@ import torch
 from harness import surrogates
 
 
-def surrogate_grad(x: torch.Tensor, surrogate: str, slope: float) -> torch.Tensor:
-    """dS/dU at x = U - thr, as snnTorch defines it (harness.surrogates' table)."""
-    try:
-        return surrogates.derivative(x, surrogate, slope)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from None
-
-
 def _forward_torch(current, num_steps, alpha, beta, thr, spikes, membranes) -> None:
     u = torch.zeros_like(current[0])
     s = torch.zeros_like(current[0])
@@ -55,7 +47,7 @@ def _forward_torch(current, num_steps, alpha, beta, thr, spikes, membranes) -> N
 
 def _backward_torch(membranes, grad_spikes, grad_membranes, alpha, beta, settings, out):
     thr, surrogate, slope = settings
-    local = grad_spikes * surrogate_grad(membranes - thr, surrogate, slope) + grad_membranes
+    local = grad_spikes * surrogates.derivative(membranes - thr, surrogate, slope) + grad_membranes
     g = torch.zeros_like(local[0])
     gj = torch.zeros_like(local[0]) if alpha is not None else None
     static = out.shape[0] == 1
