@@ -116,6 +116,13 @@ def _axpy(y, a, x):
 
 
 @njit(error_model="numpy", cache=True)
+def _lif(u, current, s, beta, thr):
+    """snnTorch's membrane update, in its order and without fast-math: bit for bit. (Callers
+    compiled with fast-math call it, so that only their own arithmetic is reassociated.)"""
+    return beta * u + current - s * thr
+
+
+@njit(error_model="numpy", cache=True)
 def _hidden_scan(cur1, b, beta, thr, u, s, u1, s1):
     """Sample b's hidden layer over all steps from its static current cur1[b]: fills u1 and
     s1 (T, H). snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state
@@ -127,7 +134,7 @@ def _hidden_scan(cur1, b, beta, thr, u, s, u1, s1):
         s[n] = zero
     for t in range(u1.shape[0]):
         for n in range(cur1.shape[1]):
-            v = beta * u[n] + cur1[b, n] - s[n] * thr
+            v = _lif(u[n], cur1[b, n], s[n], beta, thr)
             fired = one if v > thr else zero
             u[n] = v
             s[n] = fired
@@ -239,7 +246,7 @@ def _output_grads(mem2, grad_s2, grad_u2, beta, thr, code, slope, chunks, g2, gb
         gb2_parts[ch] = gb2
 
 
-@njit(error_model="numpy", cache=True)
+@njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
 def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
     """Sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b]) sg(U1[t] - thr) into `total` (H,),
     forwards in time, the hidden scan recomputed on the way (as `_hidden_scan`, bit for bit,
@@ -258,7 +265,7 @@ def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
             a0, a1, a2, a3, a4 = g2[t, b, 0], g2[t, b, 1], g2[t, b, 2], g2[t, b, 3], g2[t, b, 4]
             a5, a6, a7, a8, a9 = g2[t, b, 5], g2[t, b, 6], g2[t, b, 7], g2[t, b, 8], g2[t, b, 9]
             for n in range(hidden):
-                v = beta * u[n] + cur1[b, n] - s[n] * thr
+                v = _lif(u[n], cur1[b, n], s[n], beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
                 s[n] = fired
@@ -271,7 +278,7 @@ def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
                 total[n] += d * (c * _surrogate(v - thr, code, slope))
         else:
             for n in range(hidden):
-                v = beta * u[n] + cur1[b, n] - s[n] * thr
+                v = _lif(u[n], cur1[b, n], s[n], beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
                 s[n] = fired
@@ -407,13 +414,17 @@ def fused_lif_net(
 
 # --- fc1 on sparse inputs ----------------------------------------------------------------
 # MNIST images are ~80 % zeros, so fc1 costs a fifth of a dense GEMM if it skips them. Both
-# products are row operations when fc1's weight is stored transposed, (in, H) in memory
-# (`FusedNet` keeps it so): cur1[b] = bias + sum over nonzero j of x[b, j] W1T[j], and
-# grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b]. Each thread takes
-# blocks of hidden neurons, so a block's weights stay in L2 and its outputs in L1.
+# products are row operations on W1's transpose (in, H): cur1[b] = bias + sum over nonzero j
+# of x[b, j] W1T[j], and grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b].
+# The weight itself stays (H, in) and contiguous, as nn.Linear keeps it, because PyTorch's
+# fused CPU Adam copies a parameter that is not (0.6 ms an iteration). So each thread takes
+# blocks of hidden neurons, transposes its block of W1 into scratch first (it then stays in
+# L2 for the product, its outputs in L1), and writes its block of the gradient back through a
+# small tile, 16 inputs at a time.
 
 DENSE_INPUTS = 0.4  # share of nonzero inputs above which the dense GEMM is faster
-_BLOCK = 256  # hidden neurons per block: a block's used W1T columns fit in L2
+_BLOCK = 512  # hidden neurons per block: a block's used W1T columns fit in L2
+_TILE = 16  # inputs per pass of the gradient's write-back: one cache line of each row
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -431,31 +442,57 @@ def _compress_rows(x, index, value, count):
         count[b] = n
 
 
+@njit(error_model="numpy", cache=True)
+def _transpose_rows(w, wt, lo, hi):
+    """wt[:, lo:hi] = w[lo:hi].T, eight rows of w a pass (each pass writes eight adjacent
+    floats of every row of wt; one row at a time would write one float per cache line)."""
+    h = lo
+    while h + 8 <= hi:
+        r0, r1, r2, r3 = w[h], w[h + 1], w[h + 2], w[h + 3]
+        r4, r5, r6, r7 = w[h + 4], w[h + 5], w[h + 6], w[h + 7]
+        for j in range(w.shape[1]):
+            o = wt[j]
+            o[h], o[h + 1], o[h + 2], o[h + 3] = r0[j], r1[j], r2[j], r3[j]
+            o[h + 4], o[h + 5], o[h + 6], o[h + 7] = r4[j], r5[j], r6[j], r7[j]
+        h += 8
+    for k in range(h, hi):
+        for j in range(w.shape[1]):
+            wt[j, k] = w[k, j]
+
+
 @njit(fastmath={"contract"}, error_model="numpy", cache=True)
 def _gather_axpy(out, rows, lo, index, value, n):
-    """out += sum over i < n of value[i] * rows[index[i], lo:lo + len(out)], four rows a
+    """out += sum over i < n of value[i] * rows[index[i], lo:lo + len(out)], eight rows a
     pass (fewer trips of `out` through the cache). (rows[:, lo:hi] would lose numba's
     knowledge that its rows are contiguous, and rows[j][lo + k] costs a negative-index test.)"""
     hi = lo + out.shape[0]
     i = 0
-    while i + 4 <= n:
+    while i + 8 <= n:
         v0, v1, v2, v3 = value[i], value[i + 1], value[i + 2], value[i + 3]
+        v4, v5, v6, v7 = value[i + 4], value[i + 5], value[i + 6], value[i + 7]
         r0, r1 = rows[index[i], lo:hi], rows[index[i + 1], lo:hi]
         r2, r3 = rows[index[i + 2], lo:hi], rows[index[i + 3], lo:hi]
+        r4, r5 = rows[index[i + 4], lo:hi], rows[index[i + 5], lo:hi]
+        r6, r7 = rows[index[i + 6], lo:hi], rows[index[i + 7], lo:hi]
         for k in range(out.shape[0]):
-            out[k] += v0 * r0[k] + v1 * r1[k] + v2 * r2[k] + v3 * r3[k]
-        i += 4
+            out[k] += (
+                v0 * r0[k] + v1 * r1[k] + v2 * r2[k] + v3 * r3[k]
+                + v4 * r4[k] + v5 * r5[k] + v6 * r6[k] + v7 * r7[k]
+            )  # fmt: skip
+        i += 8
     while i < n:
         _axpy(out, value[i], rows[index[i], lo:hi])
         i += 1
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear(index, value, count, wt, bias, out):
-    """out (B, H) = bias + x W1T from x's compressed rows; wt is W1T (in, H)."""
-    hidden = wt.shape[1]
+def _sparse_linear(index, value, count, w, bias, out, wt):
+    """out (B, H) = bias + x W1^T from x's compressed rows; w is W1 (H, in), wt (in, H)
+    scratch for its transpose."""
+    hidden = w.shape[0]
     for blk in prange((hidden + _BLOCK - 1) // _BLOCK):
         lo, hi = blk * _BLOCK, min(hidden, (blk + 1) * _BLOCK)
+        _transpose_rows(w, wt, lo, hi)
         for b in range(out.shape[0]):
             o = out[b, lo:hi]
             o[:] = bias[lo:hi]
@@ -477,11 +514,11 @@ def _compress_columns(index, value, count, col_index, col_value, col_count):
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear_backward(index, value, count, grad, grad_wt, grad_bias, col_index,
-                            col_value, col_count):  # fmt: skip
-    """grad_wt (in, H) = x^T grad and grad_bias (H,) = grad summed over rows, from x's
-    compressed rows and grad (B, H)."""
-    hidden, inputs = grad.shape[1], grad_wt.shape[0]
+def _sparse_linear_backward(index, value, count, grad, grad_w, grad_bias, col_index,
+                            col_value, col_count, tiles):  # fmt: skip
+    """grad_w (H, in) = grad^T x and grad_bias (H,) = grad summed over rows, from x's
+    compressed rows and grad (B, H); tiles (blocks, _TILE, _BLOCK) is scratch."""
+    hidden, inputs = grad.shape[1], grad_w.shape[1]
     _compress_columns(index, value, count, col_index, col_value, col_count)
     for blk in prange((hidden + _BLOCK - 1) // _BLOCK):
         lo, hi = blk * _BLOCK, min(hidden, (blk + 1) * _BLOCK)
@@ -489,22 +526,22 @@ def _sparse_linear_backward(index, value, count, grad, grad_wt, grad_bias, col_i
         gb[:] = 0
         for b in range(grad.shape[0]):
             gb += grad[b, lo:hi]
-        for j in range(inputs):
-            o = grad_wt[j, lo:hi]
-            o[:] = 0
-            _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
-
-
-def _transposed(weight: torch.Tensor) -> bool:
-    """Whether `weight` (H, in) is stored as its transpose, (in, H) row-major."""
-    return weight.dim() == 2 and weight.t().is_contiguous()
+        tile = tiles[blk]
+        for j0 in range(0, inputs, _TILE):
+            j1 = min(inputs, j0 + _TILE)
+            for j in range(j0, j1):  # grad W1T[j, lo:hi], into the tile
+                o = tile[j - j0, : hi - lo]
+                o[:] = 0
+                _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
+            for h in range(lo, hi):
+                for j in range(j0, j1):
+                    grad_w[h, j] = tile[j - j0, h - lo]
 
 
 class _FusedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         x = x.detach().contiguous()
-        wt = weight.detach().t()  # (in, H), row-major
         batch, inputs = x.shape
         index = torch.empty((batch, inputs), dtype=torch.int32)
         value = torch.empty((batch, inputs), dtype=torch.float32)
@@ -512,14 +549,15 @@ class _FusedLinear(torch.autograd.Function):
         _compress_rows(x.numpy(), index.numpy(), value.numpy(), count.numpy())
         sparse = int(count.sum()) <= DENSE_INPUTS * x.numel()
         if sparse:
-            out = x.new_empty((batch, wt.shape[1]))
+            out = x.new_empty((batch, weight.shape[0]))
+            scratch = x.new_empty((inputs, weight.shape[0]))
             _sparse_linear(
-                index.numpy(), value.numpy(), count.numpy(), wt.numpy(),
-                bias.detach().numpy(), out.numpy(),
+                index.numpy(), value.numpy(), count.numpy(), weight.detach().numpy(),
+                bias.detach().numpy(), out.numpy(), scratch.numpy(),
             )  # fmt: skip
             ctx.save_for_backward(weight, index, value, count)
-        else:
-            out = torch.addmm(bias.detach(), x, wt)
+        else:  # nn.Linear's own product
+            out = torch.nn.functional.linear(x, weight.detach(), bias.detach())
             ctx.save_for_backward(weight, x)
         ctx.sparse, ctx.inputs = sparse, inputs
         return out
@@ -533,35 +571,37 @@ class _FusedLinear(torch.autograd.Function):
             grad_x = grad @ weight
         if ctx.sparse:
             _, index, value, count = ctx.saved_tensors
-            grad_wt = grad.new_empty((ctx.inputs, grad.shape[1]))
-            grad_bias = grad.new_empty(grad.shape[1])
+            hidden = grad.shape[1]
+            grad_w = grad.new_empty((hidden, ctx.inputs))
+            grad_bias = grad.new_empty(hidden)
             columns = index.shape[0]  # at most every row in a column
             col_index = torch.empty((ctx.inputs, columns), dtype=torch.int32)
             col_value = torch.empty((ctx.inputs, columns), dtype=torch.float32)
             col_count = torch.empty(ctx.inputs, dtype=torch.int64)
+            tiles = grad.new_empty(((hidden + _BLOCK - 1) // _BLOCK, _TILE, _BLOCK))
             _sparse_linear_backward(
-                index.numpy(), value.numpy(), count.numpy(), grad.numpy(), grad_wt.numpy(),
+                index.numpy(), value.numpy(), count.numpy(), grad.numpy(), grad_w.numpy(),
                 grad_bias.numpy(), col_index.numpy(), col_value.numpy(), col_count.numpy(),
+                tiles.numpy(),
             )  # fmt: skip
         else:
             x = ctx.saved_tensors[1]
-            grad_wt = x.t() @ grad
+            grad_w = grad.t() @ x
             grad_bias = grad.sum(0)
-        return grad_x, grad_wt.t(), grad_bias
+        return grad_x, grad_w, grad_bias
 
 
 def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """fc1: x (B, in) -> x W^T + bias (B, H), skipping zero inputs on the CPU.
 
-    The numba path needs float32 CPU tensors and `weight` (H, in) stored transposed ((in, H)
-    row-major: `nn.Parameter(w.t().contiguous().t())`); its gradient comes back in that
-    layout. With denser inputs (> `DENSE_INPUTS` nonzero) it is one dense GEMM; anything else
+    The numba path needs float32 CPU tensors, `weight` (H, in) and `bias` contiguous. With
+    denser inputs (> `DENSE_INPUTS` nonzero) it is nn.Linear's dense product; anything else
     is `torch.nn.functional.linear`. The gradient of x is computed if asked for.
     """
     numba_ok = (
         x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
         and weight.dtype == torch.float32 and bias is not None and bias.dtype == torch.float32
-        and _transposed(weight) and bias.is_contiguous()
+        and weight.is_contiguous() and bias.is_contiguous()
     )  # fmt: skip
     if not numba_ok:
         return torch.nn.functional.linear(x, weight, bias)

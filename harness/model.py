@@ -70,19 +70,6 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
     return NetOutput(spikes, membranes, hidden_counts.sum(), activity)
 
 
-def _on_the_cpu(device: str) -> bool:
-    """Whether a run of `device` (a RunConfig's) trains on the CPU here. A device this machine
-    lacks (weights trained elsewhere, loaded here) is not: either layout of fc1 computes the
-    same, the transposed one only pays for the CPU's sparse products."""
-    from harness.errors import ConfigError
-    from harness.train import resolve_device  # (train imports this module)
-
-    try:
-        return resolve_device(device).type == "cpu"
-    except ConfigError:
-        return False
-
-
 class FusedNet(nn.Module):
     """`kernel`: "numba" (the CPU kernel of `kernels`: Leaky neurons, direct input), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
@@ -102,8 +89,6 @@ class FusedNet(nn.Module):
         self.kernel = kernel
         self.scan = self.neuron.scan_function()
         self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
-        if _on_the_cpu(config.device):  # (784, H) in memory: fused_linear works on its rows
-            self.fc1.weight = nn.Parameter(self.fc1.weight.detach().t().contiguous().t())
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
