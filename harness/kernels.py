@@ -230,19 +230,26 @@ def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, activity
 
 @njit(parallel=True, error_model="numpy", cache=True)
 def _output_grads(mem2, grad_s2, grad_u2, beta, thr, code, slope, chunks, g2, gb2_parts):
-    """The output layer's G2[t] (T, B, K), backwards in time, each sample on its own; their
-    sums over steps and samples (dL/db2) per chunk in float64."""
-    steps, batch, outputs = g2.shape
+    """The output layer's G2[t] backwards in time, every sample and neuron side by side
+    (arrays (T, B * K): the neurons are independent, so the loop over them vectorises);
+    their sums over steps and samples (dL/db2) per chunk in float64."""
+    steps, width = g2.shape
+    outputs = gb2_parts.shape[1]
+    batch = width // outputs
     for ch in prange(chunks):
+        lo, hi = ch * batch // chunks * outputs, (ch + 1) * batch // chunks * outputs
+        g = np.zeros(hi - lo, _F32)
+        total = np.zeros(hi - lo, np.float64)
+        for t in range(steps - 1, -1, -1):
+            m, gs, gu, out = mem2[t, lo:hi], grad_s2[t, lo:hi], grad_u2[t, lo:hi], g2[t, lo:hi]
+            for i in range(hi - lo):
+                v = gs[i] * _surrogate(m[i] - thr, code, slope) + gu[i] + beta * g[i]
+                g[i] = v
+                out[i] = v
+                total[i] += v
         gb2 = np.zeros(outputs, np.float64)
-        for b in range(ch * batch // chunks, (ch + 1) * batch // chunks):
-            for k in range(outputs):
-                g = _F32(0.0)
-                for t in range(steps - 1, -1, -1):
-                    d = _surrogate(mem2[t, b, k] - thr, code, slope)
-                    g = grad_s2[t, b, k] * d + grad_u2[t, b, k] + beta * g
-                    g2[t, b, k] = g
-                    gb2[k] += g
+        for i in range(hi - lo):
+            gb2[i % outputs] += total[i]
         gb2_parts[ch] = gb2
 
 
@@ -370,10 +377,11 @@ class _FusedLIFNet(torch.autograd.Function):
         code, steps, outputs = SURROGATE_CODE[surrogate], num_steps, w2.shape[0]
         g2 = cur1.new_empty((steps, batch, outputs))
         grad_b2 = torch.empty((chunks, outputs), dtype=torch.float64)
+        flat = (steps, batch * outputs)  # (T, B * K) views
         _output_grads(
-            membranes.numpy(), grad_spikes.contiguous().numpy(),
-            grad_membranes.contiguous().numpy(), _F32(beta), _F32(thr), code, _F32(slope),
-            chunks, g2.numpy(), grad_b2.numpy(),
+            membranes.reshape(flat).numpy(), grad_spikes.contiguous().reshape(flat).numpy(),
+            grad_membranes.contiguous().reshape(flat).numpy(), _F32(beta), _F32(thr), code,
+            _F32(slope), chunks, g2.reshape(flat).numpy(), grad_b2.numpy(),
         )  # fmt: skip
         grad_cur1 = torch.empty_like(cur1)
         grad_w2 = torch.empty((chunks, *w2.shape), dtype=torch.float32)
