@@ -62,7 +62,12 @@ from harness.model import NUM_INPUTS, NUM_OUTPUTS, FusedNet, NetOutput, Referenc
 from harness.train import make_optimizer, resolve_device
 
 BACKENDS = ("reference", "fused")
-CASES = ({"decoding": "rate"}, {"decoding": "latency"}, {"decoding": "rate", "num_steps": 100})
+CASES = (
+    {"decoding": "rate"},
+    {"decoding": "latency"},
+    {"decoding": "rate", "num_steps": 100},
+    {"neuron": "synaptic"},
+)
 SCALING = (
     {"num_steps": 25},
     {"num_steps": 50},

@@ -16,6 +16,12 @@ then each sample's hidden scan is recomputed forwards (cheap: its input current 
 and since sum_t G1[t] = sum_t c_t (W2^T G2[t]) sg(U1[t] - thr) with c_t = 1 + beta c_(t-1),
 no backward walk over the hidden layer is needed; dL/dW2 follows from the sample's spikes.
 
+Synaptic neurons (alpha given) add a synaptic current J[t] = alpha J[t-1] + I[t] before the
+membrane; the gradient that reaches a layer's input is then G_J[t] = G_U[t] + alpha
+G_J[t+1] (G2 above is the output layer's G_J), and the hidden sum keeps its closed form
+with c_t = e_t + beta c_(t-1), e_t = 1 + alpha e_(t-1) (`_step_weights`). Every kernel takes
+alpha and the synaptic state as None for Leaky, so numba compiles Leaky without them.
+
 The loops are written for LLVM's vectoriser: a sample's whole work is one call, inner loops
 index 2-D arrays directly (an array slice inside the step loop costs numba more than the
 arithmetic), and the recurrent state lives in its own (H,) arrays (reading the previous step
@@ -123,18 +129,39 @@ def _lif(u, current, s, beta, thr):
 
 
 @njit(error_model="numpy", cache=True)
-def _hidden_scan(cur1, b, beta, thr, u, s, u1, s1):
+def _synapse(j, current, alpha):
+    """snnTorch Synaptic's synaptic current update, bit for bit (as `_lif`)."""
+    return alpha * j + current
+
+
+@njit(error_model="numpy", cache=True)
+def _synapse_state(size, alpha):
+    """The synaptic currents of `size` neurons, zero; None for Leaky (alpha None: numba
+    then drops the synapse's branches from the Leaky kernels at compile time)."""
+    if alpha is None:
+        return None
+    return np.zeros(size, _F32)
+
+
+@njit(error_model="numpy", cache=True)
+def _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1):
     """Sample b's hidden layer over all steps from its static current cur1[b]: fills u1 and
     s1 (T, H). snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state
-    lives in u and s (H,): reading the previous step from u1 and s1 themselves would keep
-    LLVM from vectorising (it cannot tell their rows apart)."""
+    lives in u and s (H,), and for Synaptic j: reading the previous step from u1 and s1
+    themselves would keep LLVM from vectorising (it cannot tell their rows apart)."""
     zero, one = _F32(0.0), _F32(1.0)
     for n in range(cur1.shape[1]):
         u[n] = zero
         s[n] = zero
+        if j is not None:
+            j[n] = zero
     for t in range(u1.shape[0]):
         for n in range(cur1.shape[1]):
-            v = _lif(u[n], cur1[b, n], s[n], beta, thr)
+            i = cur1[b, n]
+            if j is not None:
+                i = _synapse(j[n], i, alpha)
+                j[n] = i
+            v = _lif(u[n], i, s[n], beta, thr)
             fired = one if v > thr else zero
             u[n] = v
             s[n] = fired
@@ -143,13 +170,19 @@ def _hidden_scan(cur1, b, beta, thr, u, s, u1, s1):
 
 
 @njit(error_model="numpy", cache=True)
-def _output_scan(cur2, beta, thr, u2, s2):
+def _output_scan(cur2, alpha, beta, thr, j, u2, s2):
     """One sample's output layer over all steps from its currents cur2 (T, K)."""
     zero, one = _F32(0.0), _F32(1.0)
+    if j is not None:
+        j[:] = zero
     for t in range(u2.shape[0]):
         for k in range(u2.shape[1]):
             before, fired = (u2[t - 1, k], s2[t - 1, k]) if t else (zero, zero)
-            v = beta * before + cur2[t, k] - fired * thr
+            i = cur2[t, k]
+            if j is not None:
+                i = _synapse(j[k], i, alpha)
+                j[k] = i
+            v = _lif(before, i, fired, beta, thr)
             u2[t, k] = v
             s2[t, k] = one if v > thr else zero
 
@@ -202,11 +235,13 @@ def _chunks(batch: int) -> int:
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, activity, counts, tallies):
+def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, activity, counts,
+             tallies):  # fmt: skip
     batch, hidden = cur1.shape
     outputs = w2.shape[0]
     for c in prange(chunks):
         u, s = np.empty(hidden, _F32), np.empty(hidden, _F32)
+        j1, j2 = _synapse_state(hidden, alpha), _synapse_state(outputs, alpha)
         u1 = np.empty((num_steps, hidden), _F32)
         s1 = np.empty((num_steps, hidden), _F32)
         u2 = np.empty((num_steps, outputs), _F32)
@@ -215,9 +250,9 @@ def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, activity
         scratch_h = np.empty(hidden if activity else 0, _F32)
         scratch_k, output_counts = np.empty(outputs, _F32), np.zeros(outputs)
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
-            _hidden_scan(cur1, b, beta, thr, u, s, u1, s1)
+            _hidden_scan(cur1, b, alpha, beta, thr, j1, u, s, u1, s1)
             _fc2_steps(s1, w2, b2, cur2)
-            _output_scan(cur2, beta, thr, u2, s2)
+            _output_scan(cur2, alpha, beta, thr, j2, u2, s2)
             mem2[:, b, :] = u2
             spikes2[:, b, :] = s2
             if activity:
@@ -229,22 +264,27 @@ def _forward(cur1, w2, b2, num_steps, beta, thr, chunks, spikes2, mem2, activity
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _output_grads(mem2, grad_s2, grad_u2, beta, thr, code, slope, chunks, g2, gb2_parts):
-    """The output layer's G2[t] backwards in time, every sample and neuron side by side
-    (arrays (T, B * K): the neurons are independent, so the loop over them vectorises);
-    their sums over steps and samples (dL/db2) per chunk in float64."""
+def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, chunks, g2, gb2_parts):
+    """The gradient of the output layer's input current, G2[t] = G_U[t] (Leaky) or G_J[t]
+    (Synaptic), backwards in time, every sample and neuron side by side (arrays (T, B * K):
+    the neurons are independent, so the loop over them vectorises); their sums over steps
+    and samples (dL/db2) per chunk in float64."""
     steps, width = g2.shape
     outputs = gb2_parts.shape[1]
     batch = width // outputs
     for ch in prange(chunks):
         lo, hi = ch * batch // chunks * outputs, (ch + 1) * batch // chunks * outputs
         g = np.zeros(hi - lo, _F32)
+        gj = np.zeros(hi - lo if alpha is not None else 0, _F32)
         total = np.zeros(hi - lo, np.float64)
         for t in range(steps - 1, -1, -1):
             m, gs, gu, out = mem2[t, lo:hi], grad_s2[t, lo:hi], grad_u2[t, lo:hi], g2[t, lo:hi]
             for i in range(hi - lo):
                 v = gs[i] * _surrogate(m[i] - thr, code, slope) + gu[i] + beta * g[i]
                 g[i] = v
+                if alpha is not None:
+                    v = v + alpha * gj[i]
+                    gj[i] = v
                 out[i] = v
                 total[i] += v
         gb2 = np.zeros(outputs, np.float64)
@@ -254,10 +294,10 @@ def _output_grads(mem2, grad_s2, grad_u2, beta, thr, code, slope, chunks, g2, gb
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
-def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
+def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1, total):
     """Sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b]) sg(U1[t] - thr) into `total` (H,),
     forwards in time, the hidden scan recomputed on the way (as `_hidden_scan`, bit for bit,
-    its state in u and s); its spikes into s1 (T, H) for dL/dW2. (W2^T G2 as one matrix
+    its state in u, s and j); its spikes into s1 (T, H) for dL/dW2. (W2^T G2 as one matrix
     product beforehand would be faster in cache, but its (T, B, H) result costs more to
     write and read back than the ten products per neuron and step cost here.)"""
     zero, one = _F32(0.0), _F32(1.0)
@@ -266,13 +306,19 @@ def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
         u[n] = zero
         s[n] = zero
         total[n] = zero
+        if j is not None:
+            j[n] = zero
     for t in range(s1.shape[0]):
         c = cs[t]
         if outputs == 10:
             a0, a1, a2, a3, a4 = g2[t, b, 0], g2[t, b, 1], g2[t, b, 2], g2[t, b, 3], g2[t, b, 4]
             a5, a6, a7, a8, a9 = g2[t, b, 5], g2[t, b, 6], g2[t, b, 7], g2[t, b, 8], g2[t, b, 9]
             for n in range(hidden):
-                v = _lif(u[n], cur1[b, n], s[n], beta, thr)
+                i = cur1[b, n]
+                if j is not None:
+                    i = _synapse(j[n], i, alpha)
+                    j[n] = i
+                v = _lif(u[n], i, s[n], beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
                 s[n] = fired
@@ -285,7 +331,11 @@ def _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, total):
                 total[n] += d * (c * _surrogate(v - thr, code, slope))
         else:
             for n in range(hidden):
-                v = _lif(u[n], cur1[b, n], s[n], beta, thr)
+                i = cur1[b, n]
+                if j is not None:
+                    i = _synapse(j[n], i, alpha)
+                    j[n] = i
+                v = _lif(u[n], i, s[n], beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
                 s[n] = fired
@@ -320,31 +370,47 @@ def _weight_grads(g2, b, s1, gw2):
         t += 1
 
 
+@njit(error_model="numpy", cache=True)
+def _step_weights(steps, alpha, beta):
+    """c_t, the weight of step t's direct gradient q_t = (W2^T G2[t]) sg(U1[t] - thr) in
+    dL/dcur1 = sum_t G_J[t] for a static current: with G_U[t] = q_t + beta G_U[t+1] and
+    G_J[t] = G_U[t] + alpha G_J[t+1], sum_t G_J[t] = sum_t c_t q_t where
+    c_t = e_t + beta c_(t-1) and e_t = 1 + alpha e_(t-1) (Leaky: e_t = 1)."""
+    cs = np.empty(steps, _F32)
+    c, e = _F32(0.0), _F32(1.0)
+    for t in range(steps):
+        if alpha is not None:
+            e = _F32(1.0) + alpha * e if t else _F32(1.0)
+        c = e + beta * c
+        cs[t] = c
+    return cs
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
-def _hidden_backward(cur1, w2, g2, beta, thr, code, slope, chunks, grad_cur1, grad_w2_parts):
+def _hidden_backward(cur1, w2, g2, alpha, beta, thr, code, slope, chunks, grad_cur1,
+                     grad_w2_parts):  # fmt: skip
     """The hidden layer's part of the backward pass, a sample at a time: dL/dcur1
     (`_hidden_grads`), then dL/dW2 from the sample's hidden spikes (`_weight_grads`)."""
     batch, hidden = cur1.shape
     steps, outputs = g2.shape[0], g2.shape[2]
-    cs = np.empty(steps, _F32)  # c_t = 1 + beta c_(t-1): G1's weight in sum_t G1[t]
-    c = _F32(0.0)
-    for t in range(steps):
-        c = _F32(1.0) + beta * c
-        cs[t] = c
+    cs = _step_weights(steps, alpha, beta)
     for ch in prange(chunks):
+        j = _synapse_state(hidden, alpha)
         u = np.empty(hidden, _F32)
         s = np.empty(hidden, _F32)
         s1 = np.empty((steps, hidden), _F32)
         gw2 = np.zeros((outputs, hidden), _F32)
         for b in range(ch * batch // chunks, (ch + 1) * batch // chunks):
-            _hidden_grads(cur1, b, w2, g2, cs, beta, thr, code, slope, u, s, s1, grad_cur1[b])
+            _hidden_grads(
+                cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1, grad_cur1[b]
+            )
             _weight_grads(g2, b, s1, gw2)
         grad_w2_parts[ch] = gw2
 
 
 class _FusedLIFNet(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cur1, w2, b2, num_steps, beta, thr, surrogate, slope, activity):
+    def forward(ctx, cur1, w2, b2, num_steps, alpha, beta, thr, surrogate, slope, activity):
         (batch, hidden), outputs = cur1.shape, w2.shape[0]
         chunks = _chunks(batch)
         spikes = cur1.new_empty((num_steps, batch, outputs))
@@ -354,12 +420,14 @@ class _FusedLIFNet(torch.autograd.Function):
         counts = torch.zeros((chunks, hidden if activity else 0), dtype=torch.float64)
         tallies = torch.zeros((chunks, 3), dtype=torch.int64)
         cur1, w2, b2 = cur1.detach().contiguous(), w2.detach().contiguous(), b2.detach()
+        alpha = None if alpha is None else _F32(alpha)  # None: Leaky
         _forward(
-            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, _F32(beta), _F32(thr), chunks,
-            spikes.numpy(), membranes.numpy(), activity, counts.numpy(), tallies.numpy(),
+            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, _F32(beta), _F32(thr),
+            chunks, spikes.numpy(), membranes.numpy(), activity, counts.numpy(),
+            tallies.numpy(),
         )  # fmt: skip
         ctx.save_for_backward(cur1, w2, membranes)
-        ctx.settings = (num_steps, beta, thr, surrogate, slope)
+        ctx.settings = (num_steps, alpha, beta, thr, surrogate, slope)
         counts, tallies = counts.sum(0).to(torch.int64), tallies.sum(0)
         ctx.mark_non_differentiable(counts, tallies)
         ctx.set_materialize_grads(False)
@@ -368,7 +436,7 @@ class _FusedLIFNet(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes, grad_membranes, *_):
         cur1, w2, membranes = ctx.saved_tensors
-        num_steps, beta, thr, surrogate, slope = ctx.settings
+        num_steps, alpha, beta, thr, surrogate, slope = ctx.settings
         batch, chunks = cur1.shape[0], _chunks(cur1.shape[0])
         if grad_spikes is None:
             grad_spikes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
@@ -380,18 +448,18 @@ class _FusedLIFNet(torch.autograd.Function):
         flat = (steps, batch * outputs)  # (T, B * K) views
         _output_grads(
             membranes.reshape(flat).numpy(), grad_spikes.contiguous().reshape(flat).numpy(),
-            grad_membranes.contiguous().reshape(flat).numpy(), _F32(beta), _F32(thr), code,
-            _F32(slope), chunks, g2.reshape(flat).numpy(), grad_b2.numpy(),
+            grad_membranes.contiguous().reshape(flat).numpy(), alpha, _F32(beta), _F32(thr),
+            code, _F32(slope), chunks, g2.reshape(flat).numpy(), grad_b2.numpy(),
         )  # fmt: skip
         grad_cur1 = torch.empty_like(cur1)
         grad_w2 = torch.empty((chunks, *w2.shape), dtype=torch.float32)
         _hidden_backward(
-            cur1.numpy(), w2.numpy(), g2.numpy(), _F32(beta), _F32(thr), code, _F32(slope),
-            chunks, grad_cur1.numpy(), grad_w2.numpy(),
+            cur1.numpy(), w2.numpy(), g2.numpy(), alpha, _F32(beta), _F32(thr), code,
+            _F32(slope), chunks, grad_cur1.numpy(), grad_w2.numpy(),
         )  # fmt: skip
         grad_w2 = grad_w2.sum(0)
         grad_b2 = grad_b2.sum(0).to(w2.dtype)
-        return grad_cur1, grad_w2, grad_b2, None, None, None, None, None, None
+        return grad_cur1, grad_w2, grad_b2, None, None, None, None, None, None, None
 
 
 def fused_lif_net(
@@ -404,8 +472,10 @@ def fused_lif_net(
     surrogate: str,
     slope: float,
     activity: bool = False,
+    alpha: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hidden LIF layer, fc2 and output LIF layer on the CPU, from fc1's output (B, H).
+    """Hidden layer, fc2 and output layer on the CPU, from fc1's output (B, H): Leaky
+    neurons, or Synaptic ones with `alpha`.
 
     Returns the output spikes and membranes (T, B, K), and, if `activity`, the layers'
     activity over the batch (int64): each hidden neuron's spike count (H,), and (3,) the
@@ -416,7 +486,7 @@ def fused_lif_net(
     if cur1.device.type != "cpu" or cur1.dtype != torch.float32:
         raise ValueError("fused_lif_net runs on float32 CPU tensors only")
     return _FusedLIFNet.apply(
-        cur1, fc2_weight, fc2_bias, num_steps, beta, threshold, surrogate, slope, activity
+        cur1, fc2_weight, fc2_bias, num_steps, alpha, beta, threshold, surrogate, slope, activity
     )
 
 

@@ -8,11 +8,10 @@ seed's, or Synaptic). The input is the image (B, 784), the same current at every
   (to x[step] for spike input), exactly as the seed writes it. The yardstick for
   correctness and speed.
 - `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
-  one matrix product (spikes); then, for Leaky neurons on direct input on the CPU, one
-  kernel for the rest (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in
-  cache, closed-form backward); otherwise the hidden layer as one scan, fc2 as one matrix
-  product over all steps, the output layer as a second scan (the model's scan in
-  `neurons`, on any device).
+  one matrix product (spikes); then, for direct input on the CPU, one kernel for the rest
+  (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in cache, closed-form
+  backward); otherwise the hidden layer as one scan, fc2 as one matrix product over all
+  steps, the output layer as a second scan (the model's scan in `neurons`, on any device).
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
 In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
 metrics of `harness.efficiency`), the same counts on the same weights and inputs.
@@ -71,7 +70,7 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
 
 
 class FusedNet(nn.Module):
-    """`kernel`: "numba" (the CPU kernel of `kernels`: Leaky neurons, direct input), "torch"
+    """`kernel`: "numba" (the CPU kernel of `kernels`: direct input), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
     the neuron model and the input, for float32 on the CPU; else torch)."""
 

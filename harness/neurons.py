@@ -18,8 +18,8 @@ time (for Leaky, G_J = G_U):
     G_J[t] = G_U[t] + alpha * G_J[t+1],   dL/dI[t] = G_J[t]  (summed over t for a static I)
 so no per-step autograd graph is built. The scans run as short loops of tensor operations on
 any device (CUDA, MPS, CPU), each step in snnTorch's order of operations, so spikes and
-membranes match it; `kernels` fuses both Leaky layers of the net into one CPU kernel with
-the same arithmetic.
+membranes match it; `kernels` fuses both layers of the net into one CPU kernel with the
+same arithmetic (for a static input, with the recurrences' sum over steps in closed form).
 """
 
 from __future__ import annotations

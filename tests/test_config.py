@@ -118,7 +118,10 @@ def test_the_tables_are_the_only_lists_of_names():
         "fast_sigmoid": 25.0,
     }
     assert neuron_models.EXCLUSIVE_PARAMS == ("alpha",)
-    assert [n for n, s in neuron_models.NEURONS.items() if "numba" in s.kernels] == ["leaky"]
+    assert [n for n, s in neuron_models.NEURONS.items() if "numba" in s.kernels] == [
+        "leaky",
+        "synaptic",
+    ]
     # decodings: config.py cannot import decoding.py (torch); its names are decoding's table
     assert get_args(RunConfig.model_fields["decoding"].annotation) == decoding.DECODINGS
 

@@ -6,7 +6,7 @@ from snntorch import functional as SF
 
 from harness import decoding, encoding
 from harness.config import make_run_config
-from harness.model import FusedNet, build_model
+from harness.model import Activity, FusedNet, build_model
 
 
 def twin_models(kernel="auto", **settings):
@@ -38,8 +38,11 @@ CASES = [
 ]
 
 
-def assert_same(config, reference, fused, inputs, labels):
-    """Spikes equal away from the threshold, membranes and loss to 1e-6, gradients to 1e-5."""
+def assert_same(config, reference, fused, inputs, labels, membranes_to_scale=False):
+    """Spikes equal away from the threshold, membranes and loss to 1e-6, gradients to 1e-5.
+    `membranes_to_scale`: membranes to 1e-6 of their largest magnitude (as the gradients),
+    where fc2's reassociated sums feed a Synaptic output layer: it integrates them twice
+    (current, then membrane), up to |U| ~ 100, and float32 rounding grows with it."""
     ref_out, ref_loss, ref_grads = run(reference, config, inputs, labels)
     out, loss, grads = run(fused, config, inputs, labels)
 
@@ -47,7 +50,8 @@ def assert_same(config, reference, fused, inputs, labels):
     near_threshold = (ref_out.membranes - config.threshold).abs() < 1e-6
     assert torch.equal(out.spikes[~near_threshold], ref_out.spikes[~near_threshold])
     # 1e-6, relative where |U| > 1: float32 spacing at |U| = 8 is already 9.5e-7.
-    torch.testing.assert_close(out.membranes, ref_out.membranes, rtol=1e-6, atol=1e-6)
+    scale = float(ref_out.membranes.detach().abs().max()) if membranes_to_scale else 1.0
+    torch.testing.assert_close(out.membranes, ref_out.membranes, rtol=1e-6, atol=1e-6 * scale)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     for name, ref_grad in ref_grads.items():
         assert ref_grad.abs().max() > 0, name
@@ -69,7 +73,7 @@ def test_fused_matches_the_snntorch_reference(settings, kernel):
     assert_same(config, reference, fused, *images_and_labels())
 
 
-# snnTorch's Synaptic: the fused backend's scan (auto picks it: the numba kernel is Leaky's).
+# snnTorch's Synaptic: the numba kernel (auto picks it for direct input) and the scan.
 SYNAPTIC_CASES = [
     dict(num_steps=25, decoding="rate"),  # alpha unset: 0.9
     dict(alpha=0.5, beta=0.8, num_steps=10, surrogate="fast_sigmoid", slope=5.0, threshold=0.5),
@@ -80,13 +84,15 @@ SYNAPTIC_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("kernel", ["auto", "torch"])
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("settings", SYNAPTIC_CASES, ids=lambda c: "-".join(map(str, c.values())))
 def test_fused_synaptic_matches_snntorch_synaptic(settings, kernel):
     config, reference, fused = twin_models(kernel, neuron="synaptic", **settings)
     assert type(reference.lif1).__name__ == "Synaptic"
     assert float(reference.lif1.alpha) == pytest.approx(settings.get("alpha", 0.9))
-    assert_same(config, reference, fused, *images_and_labels(3))
+    assert_same(
+        config, reference, fused, *images_and_labels(3), membranes_to_scale=kernel == "numba"
+    )
 
 
 # Spike input (T, B, 784) from the run's encoding: the same spikes into both backends.
@@ -111,16 +117,14 @@ def test_fused_matches_the_reference_on_encoded_spikes(settings):
 
 
 def test_the_numba_kernel_refuses_what_it_cannot_run():
-    synaptic = make_run_config({"hidden": 8, "neuron": "synaptic"})
-    with pytest.raises(ValueError, match="kernel 'numba' does not run neuron synaptic .*leaky"):
-        FusedNet(synaptic, kernel="numba")
     leaky = FusedNet(make_run_config({"hidden": 8, "num_steps": 3}), kernel="numba")
     with pytest.raises(ValueError, match="direct input"):
         leaky(torch.zeros(3, 2, 784))
 
 
-def test_hidden_spike_counts_agree_in_eval_mode():
-    config, reference, fused = twin_models("numba")
+@pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
+def test_hidden_spike_counts_agree_in_eval_mode(neuron):
+    config, reference, fused = twin_models("numba", neuron=neuron)
     images = torch.rand(8, 784, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         counts = [model.eval()(images).hidden_spikes for model in (reference, fused)]
@@ -128,7 +132,10 @@ def test_hidden_spike_counts_agree_in_eval_mode():
     torch_path = FusedNet(config, kernel="torch").eval()
     torch_path.load_state_dict(fused.state_dict())
     with torch.no_grad():
-        assert float(torch_path(images).hidden_spikes) == float(counts[1])
+        theirs, ours = torch_path(images), fused(images)
+    assert float(theirs.hidden_spikes) == float(counts[1])
+    for field in Activity._fields:
+        assert torch.equal(getattr(ours.activity, field), getattr(theirs.activity, field)), field
 
 
 def test_latency_decoding_matches_snntorch_functional():
