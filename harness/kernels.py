@@ -501,7 +501,7 @@ def fused_lif_net(
 # small tile, 16 inputs at a time.
 
 DENSE_INPUTS = 0.4  # share of nonzero inputs above which the dense GEMM is faster
-_BLOCK = 512  # hidden neurons per block: a block's used W1T columns fit in L2
+_BLOCK = 256  # hidden neurons per block: a block's used W1T columns fit in L2
 _TILE = 16  # inputs per pass of the gradient's write-back: one cache line of each row
 
 
