@@ -59,7 +59,7 @@ from harness import data, decoding
 from harness.config import RunConfig, make_run_config
 from harness.errors import ConfigError
 from harness.model import NUM_INPUTS, NUM_OUTPUTS, FusedNet, NetOutput, ReferenceNet, build_model
-from harness.train import make_optimizer, resolve_device
+from harness.train import encoder, make_optimizer, resolve_device
 
 BACKENDS = ("reference", "fused")
 CASES = (
@@ -67,6 +67,8 @@ CASES = (
     {"decoding": "latency"},
     {"decoding": "rate", "num_steps": 100},
     {"neuron": "synaptic"},
+    {"encoding": "rate"},
+    {"encoding": "latency"},
 )
 SCALING = (
     {"num_steps": 25},
@@ -97,11 +99,14 @@ Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def _training_step(model: nn.Module, config: RunConfig, device: torch.device) -> Step:
-    """A closure that runs one training iteration of `model` (`config`'s loss) on a batch."""
+    """A closure that runs one training iteration of `model` (`config`'s loss) on a batch,
+    encoded as `config` says (each closure draws its spikes from its own generator, seeded
+    as a run's: two backends see the same spikes)."""
     optimizer = make_optimizer(model, config, device)
+    encode = encoder(config, "train", device)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        out = model(images)
+        out = model(encode(images))
         loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

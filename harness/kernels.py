@@ -15,6 +15,9 @@ G2 does not depend on the hidden layer, so it comes first (every sample, backwar
 then each sample's hidden scan is recomputed forwards (cheap: its input current is static),
 and since sum_t G1[t] = sum_t c_t (W2^T G2[t]) sg(U1[t] - thr) with c_t = 1 + beta c_(t-1),
 no backward walk over the hidden layer is needed; dL/dW2 follows from the sample's spikes.
+With spike input the current changes every step (cur1 (T, B, H), fc1 applied to every
+step's spikes in one sparse product) and its gradient is wanted per step, dL/dcur1[t] =
+G1[t]: the sample's membranes are recomputed into a (T, H) buffer and G1 walked backwards.
 
 Synaptic neurons (alpha given) add a synaptic current J[t] = alpha J[t-1] + I[t] before the
 membrane; the gradient that reaches a layer's input is then G_J[t] = G_U[t] + alpha
@@ -145,19 +148,22 @@ def _synapse_state(size, alpha):
 
 @njit(error_model="numpy", cache=True)
 def _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1):
-    """Sample b's hidden layer over all steps from its static current cur1[b]: fills u1 and
-    s1 (T, H). snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state
-    lives in u and s (H,), and for Synaptic j: reading the previous step from u1 and s1
-    themselves would keep LLVM from vectorising (it cannot tell their rows apart)."""
+    """Sample b's hidden layer over all steps from its current cur1[:, b] (cur1 (1, B, H):
+    static, the same at every step; (T, B, H): one a step): fills u1 and s1 (T, H).
+    snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state lives in u
+    and s (H,), and for Synaptic j: reading the previous step from u1 and s1 themselves
+    would keep LLVM from vectorising (it cannot tell their rows apart)."""
     zero, one = _F32(0.0), _F32(1.0)
-    for n in range(cur1.shape[1]):
+    hidden, per_step = cur1.shape[2], cur1.shape[0] > 1
+    for n in range(hidden):
         u[n] = zero
         s[n] = zero
         if j is not None:
             j[n] = zero
     for t in range(u1.shape[0]):
-        for n in range(cur1.shape[1]):
-            i = cur1[b, n]
+        step = t if per_step else 0
+        for n in range(hidden):
+            i = cur1[step, b, n]
             if j is not None:
                 i = _synapse(j[n], i, alpha)
                 j[n] = i
@@ -237,7 +243,7 @@ def _chunks(batch: int) -> int:
 @njit(parallel=True, error_model="numpy", cache=True)
 def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, activity, counts,
              tallies):  # fmt: skip
-    batch, hidden = cur1.shape
+    batch, hidden = cur1.shape[1], cur1.shape[2]
     outputs = w2.shape[0]
     for c in prange(chunks):
         u, s = np.empty(hidden, _F32), np.empty(hidden, _F32)
@@ -295,13 +301,14 @@ def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, chunks,
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
 def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1, total):
-    """Sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b]) sg(U1[t] - thr) into `total` (H,),
-    forwards in time, the hidden scan recomputed on the way (as `_hidden_scan`, bit for bit,
-    its state in u, s and j); its spikes into s1 (T, H) for dL/dW2. (W2^T G2 as one matrix
+    """A static current (cur1 (1, B, H)): sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b])
+    sg(U1[t] - thr) into `total` (H,), forwards in time, the hidden scan recomputed on the
+    way (as `_hidden_scan`, bit for bit, its state in u, s and j); its spikes into s1 (T, H)
+    for dL/dW2. (W2^T G2 as one matrix
     product beforehand would be faster in cache, but its (T, B, H) result costs more to
     write and read back than the ten products per neuron and step cost here.)"""
     zero, one = _F32(0.0), _F32(1.0)
-    hidden, outputs = cur1.shape[1], w2.shape[0]
+    hidden, outputs = cur1.shape[2], w2.shape[0]
     for n in range(hidden):
         u[n] = zero
         s[n] = zero
@@ -314,7 +321,7 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
             a0, a1, a2, a3, a4 = g2[t, b, 0], g2[t, b, 1], g2[t, b, 2], g2[t, b, 3], g2[t, b, 4]
             a5, a6, a7, a8, a9 = g2[t, b, 5], g2[t, b, 6], g2[t, b, 7], g2[t, b, 8], g2[t, b, 9]
             for n in range(hidden):
-                i = cur1[b, n]
+                i = cur1[0, b, n]
                 if j is not None:
                     i = _synapse(j[n], i, alpha)
                     j[n] = i
@@ -331,7 +338,7 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
                 total[n] += d * (c * _surrogate(v - thr, code, slope))
         else:
             for n in range(hidden):
-                i = cur1[b, n]
+                i = cur1[0, b, n]
                 if j is not None:
                     i = _synapse(j[n], i, alpha)
                     j[n] = i
@@ -344,6 +351,49 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
                 for k in range(outputs):
                     d += g2[t, b, k] * w2[k, n]
                 total[n] += d * (c * _surrogate(v - thr, code, slope))
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
+def _step_back(d, u, n, alpha, beta, thr, code, slope, gu, gj):
+    """Neuron n's G_U[t] = d sg(u - thr) + beta G_U[t+1] and, for Synaptic, G_J[t] = G_U[t] +
+    alpha G_J[t+1], updating the running values gu[n] (and gj[n]); returns G_J[t] (G_U[t])."""
+    v = d * _surrogate(u - thr, code, slope) + beta * gu[n]
+    gu[n] = v
+    if gj is not None:
+        v = v + alpha * gj[n]
+        gj[n] = v
+    return v
+
+
+@njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
+def _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, grad):
+    """A current per step (spike input): sample b's dL/dcur1[t] = G_J[t] (G_U[t] for Leaky)
+    into grad (T, B, H), walking backwards in time over its recomputed membranes u1 (T, H):
+    G_U[t] = (W2^T G2[t]) sg(U1[t] - thr) + beta G_U[t+1], G_J[t] = G_U[t] + alpha G_J[t+1];
+    their running values in gu and gj (H,)."""
+    zero = _F32(0.0)
+    hidden, outputs = u1.shape[1], w2.shape[0]
+    for n in range(hidden):
+        gu[n] = zero
+        if gj is not None:
+            gj[n] = zero
+    for t in range(u1.shape[0] - 1, -1, -1):
+        if outputs == 10:
+            a0, a1, a2, a3, a4 = g2[t, b, 0], g2[t, b, 1], g2[t, b, 2], g2[t, b, 3], g2[t, b, 4]
+            a5, a6, a7, a8, a9 = g2[t, b, 5], g2[t, b, 6], g2[t, b, 7], g2[t, b, 8], g2[t, b, 9]
+            for n in range(hidden):
+                d = (
+                    a0 * w2[0, n] + a1 * w2[1, n] + a2 * w2[2, n] + a3 * w2[3, n]
+                    + a4 * w2[4, n] + a5 * w2[5, n] + a6 * w2[6, n] + a7 * w2[7, n]
+                    + a8 * w2[8, n] + a9 * w2[9, n]
+                )  # fmt: skip
+                grad[t, b, n] = _step_back(d, u1[t, n], n, alpha, beta, thr, code, slope, gu, gj)
+        else:
+            for n in range(hidden):
+                d = zero
+                for k in range(outputs):
+                    d += g2[t, b, k] * w2[k, n]
+                grad[t, b, n] = _step_back(d, u1[t, n], n, alpha, beta, thr, code, slope, gu, gj)
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True)
@@ -390,20 +440,30 @@ def _step_weights(steps, alpha, beta):
 def _hidden_backward(cur1, w2, g2, alpha, beta, thr, code, slope, chunks, grad_cur1,
                      grad_w2_parts):  # fmt: skip
     """The hidden layer's part of the backward pass, a sample at a time: dL/dcur1
-    (`_hidden_grads`), then dL/dW2 from the sample's hidden spikes (`_weight_grads`)."""
-    batch, hidden = cur1.shape
+    (`_hidden_grads` for a static current (1, B, H), in closed form; `_hidden_step_grads`
+    for one a step (T, B, H), after recomputing the sample's membranes), then dL/dW2 from
+    the sample's hidden spikes (`_weight_grads`)."""
+    batch, hidden = cur1.shape[1], cur1.shape[2]
     steps, outputs = g2.shape[0], g2.shape[2]
+    per_step = cur1.shape[0] > 1
     cs = _step_weights(steps, alpha, beta)
     for ch in prange(chunks):
-        j = _synapse_state(hidden, alpha)
+        j, gj = _synapse_state(hidden, alpha), _synapse_state(hidden, alpha)
         u = np.empty(hidden, _F32)
         s = np.empty(hidden, _F32)
+        gu = np.empty(hidden, _F32)
+        u1 = np.empty((steps if per_step else 0, hidden), _F32)
         s1 = np.empty((steps, hidden), _F32)
         gw2 = np.zeros((outputs, hidden), _F32)
         for b in range(ch * batch // chunks, (ch + 1) * batch // chunks):
-            _hidden_grads(
-                cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1, grad_cur1[b]
-            )
+            if per_step:
+                _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1)
+                _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, grad_cur1)
+            else:
+                _hidden_grads(
+                    cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1,
+                    grad_cur1[0, b],
+                )  # fmt: skip
             _weight_grads(g2, b, s1, gw2)
         grad_w2_parts[ch] = gw2
 
@@ -411,7 +471,9 @@ def _hidden_backward(cur1, w2, g2, alpha, beta, thr, code, slope, chunks, grad_c
 class _FusedLIFNet(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cur1, w2, b2, num_steps, alpha, beta, thr, surrogate, slope, activity):
-        (batch, hidden), outputs = cur1.shape, w2.shape[0]
+        ctx.static = cur1.dim() == 2  # (B, H): the same current at every step
+        cur1 = cur1.detach().reshape(-1, *cur1.shape[-2:]).contiguous()  # (1 or T, B, H)
+        (batch, hidden), outputs = cur1.shape[1:], w2.shape[0]
         chunks = _chunks(batch)
         spikes = cur1.new_empty((num_steps, batch, outputs))
         membranes = cur1.new_empty((num_steps, batch, outputs))
@@ -419,7 +481,7 @@ class _FusedLIFNet(torch.autograd.Function):
         # layer's membrane updates, the output layer's spikes and its membrane updates.
         counts = torch.zeros((chunks, hidden if activity else 0), dtype=torch.float64)
         tallies = torch.zeros((chunks, 3), dtype=torch.int64)
-        cur1, w2, b2 = cur1.detach().contiguous(), w2.detach().contiguous(), b2.detach()
+        w2, b2 = w2.detach().contiguous(), b2.detach()
         alpha = None if alpha is None else _F32(alpha)  # None: Leaky
         _forward(
             cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, _F32(beta), _F32(thr),
@@ -437,7 +499,7 @@ class _FusedLIFNet(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membranes, *_):
         cur1, w2, membranes = ctx.saved_tensors
         num_steps, alpha, beta, thr, surrogate, slope = ctx.settings
-        batch, chunks = cur1.shape[0], _chunks(cur1.shape[0])
+        batch, chunks = cur1.shape[1], _chunks(cur1.shape[1])
         if grad_spikes is None:
             grad_spikes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
         if grad_membranes is None:
@@ -459,6 +521,8 @@ class _FusedLIFNet(torch.autograd.Function):
         )  # fmt: skip
         grad_w2 = grad_w2.sum(0)
         grad_b2 = grad_b2.sum(0).to(w2.dtype)
+        if ctx.static:
+            grad_cur1 = grad_cur1[0]
         return grad_cur1, grad_w2, grad_b2, None, None, None, None, None, None, None
 
 
@@ -474,8 +538,9 @@ def fused_lif_net(
     activity: bool = False,
     alpha: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Hidden layer, fc2 and output layer on the CPU, from fc1's output (B, H): Leaky
-    neurons, or Synaptic ones with `alpha`.
+    """Hidden layer, fc2 and output layer on the CPU, from fc1's output: (B, H), the same
+    current at every step (direct input), or (num_steps, B, H), one a step (spike input).
+    Leaky neurons, or Synaptic ones with `alpha`.
 
     Returns the output spikes and membranes (T, B, K), and, if `activity`, the layers'
     activity over the batch (int64): each hidden neuron's spike count (H,), and (3,) the

@@ -8,7 +8,7 @@ seed's, or Synaptic). The input is the image (B, 784), the same current at every
   (to x[step] for spike input), exactly as the seed writes it. The yardstick for
   correctness and speed.
 - `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
-  one matrix product (spikes); then, for direct input on the CPU, one kernel for the rest
+  one matrix product (spikes); then, on the CPU, one kernel for the rest
   (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in cache, closed-form
   backward); otherwise the hidden layer as one scan, fc2 as one matrix product over all
   steps, the output layer as a second scan (the model's scan in `neurons`, on any device).
@@ -70,7 +70,7 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
 
 
 class FusedNet(nn.Module):
-    """`kernel`: "numba" (the CPU kernel of `kernels`: direct input), "torch"
+    """`kernel`: "numba" (the CPU kernel of `kernels`), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
     the neuron model and the input, for float32 on the CPU; else torch)."""
 
@@ -98,15 +98,10 @@ class FusedNet(nn.Module):
 
     def _numba(self, x: torch.Tensor) -> bool:
         """Does this input run on the numba kernel?"""
-        if x.dim() == 3 and self.kernel == "numba":
-            raise ValueError(
-                "kernel 'numba' takes direct input (B, 784) only, not spikes (T, B, 784); "
-                "use kernel 'torch' or 'auto'"
-            )
         if self.kernel != "auto":
             return self.kernel == "numba"
         cpu = x.device.type == "cpu" and x.dtype == torch.float32
-        return cpu and x.dim() == 2 and "numba" in self.neuron.kernels
+        return cpu and "numba" in self.neuron.kernels
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         numba = self._numba(x)

@@ -105,9 +105,10 @@ SPIKE_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("settings", SPIKE_CASES, ids=lambda c: "-".join(map(str, c.values())))
-def test_fused_matches_the_reference_on_encoded_spikes(settings):
-    config, reference, fused = twin_models("auto", **settings)
+def test_fused_matches_the_reference_on_encoded_spikes(settings, kernel):
+    config, reference, fused = twin_models(kernel, **settings)
     images, labels = images_and_labels(4)
     spikes = encoding.encode(
         config.encoding, images.clamp(0, 1), config.num_steps, torch.Generator().manual_seed(5)
@@ -116,10 +117,17 @@ def test_fused_matches_the_reference_on_encoded_spikes(settings):
     assert_same(config, reference, fused, spikes, labels)
 
 
-def test_the_numba_kernel_refuses_what_it_cannot_run():
-    leaky = FusedNet(make_run_config({"hidden": 8, "num_steps": 3}), kernel="numba")
-    with pytest.raises(ValueError, match="direct input"):
-        leaky(torch.zeros(3, 2, 784))
+def test_the_numba_kernel_refuses_a_neuron_model_it_does_not_run(monkeypatch):
+    from dataclasses import replace
+
+    from harness import neuron_models
+
+    without = replace(neuron_models.NEURONS["synaptic"], kernels=())
+    monkeypatch.setitem(neuron_models.NEURONS, "synaptic", without)
+    synaptic = make_run_config({"hidden": 8, "neuron": "synaptic"})
+    with pytest.raises(ValueError, match="kernel 'numba' does not run neuron synaptic .*leaky"):
+        FusedNet(synaptic, kernel="numba")
+    assert not FusedNet(synaptic)._numba(torch.zeros(2, 784))  # auto takes the scan
 
 
 @pytest.mark.parametrize("neuron", ["leaky", "synaptic"])
