@@ -304,9 +304,9 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
     """A static current (cur1 (1, B, H)): sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b])
     sg(U1[t] - thr) into `total` (H,), forwards in time, the hidden scan recomputed on the
     way (as `_hidden_scan`, bit for bit, its state in u, s and j); its spikes into s1 (T, H)
-    for dL/dW2. (W2^T G2 as one matrix
-    product beforehand would be faster in cache, but its (T, B, H) result costs more to
-    write and read back than the ten products per neuron and step cost here.)"""
+    for dL/dW2. (W2^T G2 as one matrix product beforehand would be faster in cache, but its
+    (T, B, H) result costs more to write and read back than the ten products per neuron and
+    step cost here.)"""
     zero, one = _F32(0.0), _F32(1.0)
     hidden, outputs = cur1.shape[2], w2.shape[0]
     for n in range(hidden):

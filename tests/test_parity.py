@@ -73,7 +73,7 @@ def test_fused_matches_the_snntorch_reference(settings, kernel):
     assert_same(config, reference, fused, *images_and_labels())
 
 
-# snnTorch's Synaptic: the numba kernel (auto picks it for direct input) and the scan.
+# snnTorch's Synaptic: the numba kernel (auto picks it on the CPU) and the scan.
 SYNAPTIC_CASES = [
     dict(num_steps=25, decoding="rate"),  # alpha unset: 0.9
     dict(alpha=0.5, beta=0.8, num_steps=10, surrogate="fast_sigmoid", slope=5.0, threshold=0.5),
