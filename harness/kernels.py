@@ -353,16 +353,14 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
                 total[n] += d * (c * _surrogate(v - thr, code, slope))
 
 
-@njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
-def _step_back(d, u, n, alpha, beta, thr, code, slope, gu, gj):
-    """Neuron n's G_U[t] = d sg(u - thr) + beta G_U[t+1] and, for Synaptic, G_J[t] = G_U[t] +
-    alpha G_J[t+1], updating the running values gu[n] (and gj[n]); returns G_J[t] (G_U[t])."""
-    v = d * _surrogate(u - thr, code, slope) + beta * gu[n]
-    gu[n] = v
-    if gj is not None:
-        v = v + alpha * gj[n]
+@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+def _synapse_grads(g, gj, alpha):
+    """g = G_U[t] of one sample's neurons becomes G_J[t] = G_U[t] + alpha G_J[t+1], the
+    running G_J in gj."""
+    for n in range(g.shape[0]):
+        v = g[n] + alpha * gj[n]
         gj[n] = v
-    return v
+        g[n] = v
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
@@ -370,7 +368,8 @@ def _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, gra
     """A current per step (spike input): sample b's dL/dcur1[t] = G_J[t] (G_U[t] for Leaky)
     into grad (T, B, H), walking backwards in time over its recomputed membranes u1 (T, H):
     G_U[t] = (W2^T G2[t]) sg(U1[t] - thr) + beta G_U[t+1], G_J[t] = G_U[t] + alpha G_J[t+1];
-    their running values in gu and gj (H,)."""
+    their running values in gu and gj (H,). (G_J in a function of its own: with gj in the
+    same loop, LLVM leaves the loop scalar, 5x slower.)"""
     zero = _F32(0.0)
     hidden, outputs = u1.shape[1], w2.shape[0]
     for n in range(hidden):
@@ -387,13 +386,19 @@ def _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, gra
                     + a4 * w2[4, n] + a5 * w2[5, n] + a6 * w2[6, n] + a7 * w2[7, n]
                     + a8 * w2[8, n] + a9 * w2[9, n]
                 )  # fmt: skip
-                grad[t, b, n] = _step_back(d, u1[t, n], n, alpha, beta, thr, code, slope, gu, gj)
+                v = d * _surrogate(u1[t, n] - thr, code, slope) + beta * gu[n]
+                gu[n] = v
+                grad[t, b, n] = v
         else:
             for n in range(hidden):
                 d = zero
                 for k in range(outputs):
                     d += g2[t, b, k] * w2[k, n]
-                grad[t, b, n] = _step_back(d, u1[t, n], n, alpha, beta, thr, code, slope, gu, gj)
+                v = d * _surrogate(u1[t, n] - thr, code, slope) + beta * gu[n]
+                gu[n] = v
+                grad[t, b, n] = v
+        if gj is not None:
+            _synapse_grads(grad[t, b], gj, alpha)
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True)
