@@ -369,7 +369,7 @@ def _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, gra
     into grad (T, B, H), walking backwards in time over its recomputed membranes u1 (T, H):
     G_U[t] = (W2^T G2[t]) sg(U1[t] - thr) + beta G_U[t+1], G_J[t] = G_U[t] + alpha G_J[t+1];
     their running values in gu and gj (H,). (G_J in a function of its own: with gj in the
-    same loop, LLVM leaves the loop scalar, 5x slower.)"""
+    same loop, LLVM leaves the loop scalar, 4x slower.)"""
     zero = _F32(0.0)
     hidden, outputs = u1.shape[1], w2.shape[0]
     for n in range(hidden):
