@@ -562,17 +562,14 @@ def fused_lif_net(
 
 # --- fc1 on sparse inputs ----------------------------------------------------------------
 # MNIST images are ~80 % zeros, so fc1 costs a fifth of a dense GEMM if it skips them. Both
-# products are row operations on W1's transpose (in, H): cur1[b] = bias + sum over nonzero j
-# of x[b, j] W1T[j], and grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b].
-# The weight itself stays (H, in) and contiguous, as nn.Linear keeps it, because PyTorch's
-# fused CPU Adam copies a parameter that is not (0.6 ms an iteration). So each thread takes
-# blocks of hidden neurons, transposes its block of W1 into scratch first (it then stays in
-# L2 for the product, its outputs in L1), and writes its block of the gradient back through a
-# small tile, 16 inputs at a time.
+# products are row operations on fc1's weight stored transposed, W1T (in, H), as the fused
+# backend's fc1 keeps it (`model.TransposedLinear`): cur1[b] = bias + sum over nonzero j of
+# x[b, j] W1T[j], and grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b].
+# Each thread takes blocks of hidden neurons: its columns of W1T stay in L2 for the
+# product, its outputs in L1.
 
 DENSE_INPUTS = 0.4  # share of nonzero inputs above which the dense GEMM is faster
 _BLOCK = 256  # hidden neurons per block: a block's used W1T columns fit in L2
-_TILE = 16  # inputs per pass of the gradient's write-back: one cache line of each row
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
@@ -588,24 +585,6 @@ def _compress_rows(x, index, value, count):
             val[n] = v
             n += v != 0
         count[b] = n
-
-
-@njit(error_model="numpy", cache=True)
-def _transpose_rows(w, wt, lo, hi):
-    """wt[:, lo:hi] = w[lo:hi].T, eight rows of w a pass (each pass writes eight adjacent
-    floats of every row of wt; one row at a time would write one float per cache line)."""
-    h = lo
-    while h + 8 <= hi:
-        r0, r1, r2, r3 = w[h], w[h + 1], w[h + 2], w[h + 3]
-        r4, r5, r6, r7 = w[h + 4], w[h + 5], w[h + 6], w[h + 7]
-        for j in range(w.shape[1]):
-            o = wt[j]
-            o[h], o[h + 1], o[h + 2], o[h + 3] = r0[j], r1[j], r2[j], r3[j]
-            o[h + 4], o[h + 5], o[h + 6], o[h + 7] = r4[j], r5[j], r6[j], r7[j]
-        h += 8
-    for k in range(h, hi):
-        for j in range(w.shape[1]):
-            wt[j, k] = w[k, j]
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True)
@@ -634,13 +613,11 @@ def _gather_axpy(out, rows, lo, index, value, n):
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear(index, value, count, w, bias, out, wt):
-    """out (B, H) = bias + x W1^T from x's compressed rows; w is W1 (H, in), wt (in, H)
-    scratch for its transpose."""
-    hidden = w.shape[0]
+def _sparse_linear(index, value, count, wt, bias, out):
+    """out (B, H) = bias + x W1T from x's compressed rows; wt is W1T (in, H)."""
+    hidden = wt.shape[1]
     for blk in prange((hidden + _BLOCK - 1) // _BLOCK):
         lo, hi = blk * _BLOCK, min(hidden, (blk + 1) * _BLOCK)
-        _transpose_rows(w, wt, lo, hi)
         for b in range(out.shape[0]):
             o = out[b, lo:hi]
             o[:] = bias[lo:hi]
@@ -662,11 +639,11 @@ def _compress_columns(index, value, count, col_index, col_value, col_count):
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear_backward(index, value, count, grad, grad_w, grad_bias, col_index,
-                            col_value, col_count, tiles):  # fmt: skip
-    """grad_w (H, in) = grad^T x and grad_bias (H,) = grad summed over rows, from x's
-    compressed rows and grad (B, H); tiles (blocks, _TILE, _BLOCK) is scratch."""
-    hidden, inputs = grad.shape[1], grad_w.shape[1]
+def _sparse_linear_backward(index, value, count, grad, grad_wt, grad_bias, col_index,
+                            col_value, col_count):  # fmt: skip
+    """grad_wt (in, H) = x^T grad and grad_bias (H,) = grad summed over rows, from x's
+    compressed rows and grad (B, H)."""
+    hidden, inputs = grad.shape[1], grad_wt.shape[0]
     _compress_columns(index, value, count, col_index, col_value, col_count)
     for blk in prange((hidden + _BLOCK - 1) // _BLOCK):
         lo, hi = blk * _BLOCK, min(hidden, (blk + 1) * _BLOCK)
@@ -674,22 +651,17 @@ def _sparse_linear_backward(index, value, count, grad, grad_w, grad_bias, col_in
         gb[:] = 0
         for b in range(grad.shape[0]):
             gb += grad[b, lo:hi]
-        tile = tiles[blk]
-        for j0 in range(0, inputs, _TILE):
-            j1 = min(inputs, j0 + _TILE)
-            for j in range(j0, j1):  # grad W1T[j, lo:hi], into the tile
-                o = tile[j - j0, : hi - lo]
-                o[:] = 0
-                _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
-            for h in range(lo, hi):
-                for j in range(j0, j1):
-                    grad_w[h, j] = tile[j - j0, h - lo]
+        for j in range(inputs):
+            o = grad_wt[j, lo:hi]
+            o[:] = 0
+            _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
 
 
 class _FusedLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight_t, bias):
         x = x.detach().contiguous()
+        weight_t, bias = weight_t.detach(), bias.detach()
         batch, inputs = x.shape
         index = torch.empty((batch, inputs), dtype=torch.int32)
         value = torch.empty((batch, inputs), dtype=torch.float32)
@@ -697,60 +669,59 @@ class _FusedLinear(torch.autograd.Function):
         _compress_rows(x.numpy(), index.numpy(), value.numpy(), count.numpy())
         sparse = int(count.sum()) <= DENSE_INPUTS * x.numel()
         if sparse:
-            out = x.new_empty((batch, weight.shape[0]))
-            scratch = x.new_empty((inputs, weight.shape[0]))
+            out = x.new_empty((batch, weight_t.shape[1]))
             _sparse_linear(
-                index.numpy(), value.numpy(), count.numpy(), weight.detach().numpy(),
-                bias.detach().numpy(), out.numpy(), scratch.numpy(),
+                index.numpy(), value.numpy(), count.numpy(), weight_t.numpy(), bias.numpy(),
+                out.numpy(),
             )  # fmt: skip
-            ctx.save_for_backward(weight, index, value, count)
-        else:  # nn.Linear's own product
-            out = torch.nn.functional.linear(x, weight.detach(), bias.detach())
-            ctx.save_for_backward(weight, x)
-        ctx.sparse, ctx.inputs = sparse, inputs
+            ctx.save_for_backward(weight_t, index, value, count)
+        else:  # the dense GEMM
+            out = torch.addmm(bias, x, weight_t)
+            ctx.save_for_backward(weight_t, x)
+        ctx.sparse = sparse
         return out
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()
         grad_x = None
-        weight = ctx.saved_tensors[0]
+        weight_t = ctx.saved_tensors[0]
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight
+            grad_x = grad @ weight_t.t()
         if ctx.sparse:
             _, index, value, count = ctx.saved_tensors
-            hidden = grad.shape[1]
-            grad_w = grad.new_empty((hidden, ctx.inputs))
-            grad_bias = grad.new_empty(hidden)
-            columns = index.shape[0]  # at most every row in a column
-            col_index = torch.empty((ctx.inputs, columns), dtype=torch.int32)
-            col_value = torch.empty((ctx.inputs, columns), dtype=torch.float32)
-            col_count = torch.empty(ctx.inputs, dtype=torch.int64)
-            tiles = grad.new_empty(((hidden + _BLOCK - 1) // _BLOCK, _TILE, _BLOCK))
+            grad_wt = torch.empty_like(weight_t)
+            grad_bias = grad.new_empty(grad.shape[1])
+            inputs, rows = index.shape[1], index.shape[0]  # a column holds at most every row
+            col_index = torch.empty((inputs, rows), dtype=torch.int32)
+            col_value = torch.empty((inputs, rows), dtype=torch.float32)
+            col_count = torch.empty(inputs, dtype=torch.int64)
             _sparse_linear_backward(
-                index.numpy(), value.numpy(), count.numpy(), grad.numpy(), grad_w.numpy(),
+                index.numpy(), value.numpy(), count.numpy(), grad.numpy(), grad_wt.numpy(),
                 grad_bias.numpy(), col_index.numpy(), col_value.numpy(), col_count.numpy(),
-                tiles.numpy(),
             )  # fmt: skip
         else:
             x = ctx.saved_tensors[1]
-            grad_w = grad.t() @ x
+            grad_wt = x.t() @ grad
             grad_bias = grad.sum(0)
-        return grad_x, grad_w, grad_bias
+        return grad_x, grad_wt, grad_bias
 
 
-def fused_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """fc1: x (B, in) -> x W^T + bias (B, H), skipping zero inputs on the CPU.
+def fused_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """fc1 with its weight stored transposed, `weight_t` (in, H): x (B, in) -> x weight_t +
+    bias (B, H), skipping zero inputs on the CPU.
 
-    The numba path needs float32 CPU tensors, `weight` (H, in) and `bias` contiguous. With
-    denser inputs (> `DENSE_INPUTS` nonzero) it is nn.Linear's dense product; anything else
-    is `torch.nn.functional.linear`. The gradient of x is computed if asked for.
+    The numba path needs float32 CPU tensors, `weight_t` and `bias` contiguous; the weight's
+    gradient comes in its layout, contiguous (PyTorch's fused CPU Adam copies a parameter
+    that is not). With denser inputs (> `DENSE_INPUTS` nonzero) it is the dense GEMM;
+    anything else is `torch.nn.functional.linear`. The gradient of x is computed if asked
+    for.
     """
     numba_ok = (
         x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
-        and weight.dtype == torch.float32 and bias is not None and bias.dtype == torch.float32
-        and weight.is_contiguous() and bias.is_contiguous()
+        and weight_t.dtype == torch.float32 and bias is not None
+        and bias.dtype == torch.float32 and weight_t.is_contiguous() and bias.is_contiguous()
     )  # fmt: skip
     if not numba_ok:
-        return torch.nn.functional.linear(x, weight, bias)
-    return _FusedLinear.apply(x, weight, bias)
+        return torch.nn.functional.linear(x, weight_t.t(), bias)
+    return _FusedLinear.apply(x, weight_t, bias)

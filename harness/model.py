@@ -12,7 +12,8 @@ seed's, or Synaptic). The input is the image (B, 784), the same current at every
   (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in cache, closed-form
   backward); otherwise the hidden layer as one scan, fc2 as one matrix product over all
   steps, the output layer as a second scan (the model's scan in `neurons`, on any device).
-Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights.
+Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights
+(the fused backend keeps fc1's weight transposed, `TransposedLinear`).
 In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
 metrics of `harness.efficiency`), the same counts on the same weights and inputs.
 """
@@ -69,6 +70,48 @@ def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
     return NetOutput(spikes, membranes, hidden_counts.sum(), activity)
 
 
+def _weight_as_linear(module, state_dict, prefix, local_metadata) -> None:
+    bias = state_dict.pop(prefix + "bias")
+    state_dict[prefix + "weight"] = state_dict.pop(prefix + "weight_t").t().contiguous()
+    state_dict[prefix + "bias"] = bias
+
+
+def _weight_from_linear(module, state_dict, prefix, *args) -> None:
+    if prefix + "weight" in state_dict:
+        state_dict[prefix + "weight_t"] = state_dict.pop(prefix + "weight").t()
+
+
+class TransposedLinear(nn.Module):
+    """The fused backend's fc1: nn.Linear with its weight stored transposed, `weight_t`
+    (in, out) contiguous. The CPU kernel's sparse products read it a row per nonzero input,
+    and PyTorch's fused CPU Adam updates it in place (it copies a parameter that is not
+    contiguous, so storing nn.Linear's weight as a transposed view would cost a copy an
+    iteration). Initialised as nn.Linear, from the same draws of the seed; `weight` is the
+    (out, in) view, and the state dict holds it under nn.Linear's names, so weights move
+    between the backends and load from earlier runs."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        linear = nn.Linear(in_features, out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_t = nn.Parameter(linear.weight.detach().t().contiguous())
+        self.bias = linear.bias
+        self.register_state_dict_post_hook(_weight_as_linear)
+        self.register_load_state_dict_pre_hook(_weight_from_linear)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.weight_t.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # nn.Linear's product, as snnTorch's: activity counts match it
+            return nn.functional.linear(x, self.weight.contiguous(), self.bias)
+        # zero pixels and absent spikes skipped (on the CPU); spike input (T, B, in) takes
+        # every step in one product
+        flat = fused_linear(x.reshape(-1, self.in_features), self.weight_t, self.bias)
+        return flat.reshape(*x.shape[:-1], self.out_features)
+
+
 class FusedNet(nn.Module):
     """`kernel`: "numba" (the CPU kernel of `kernels`), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
@@ -87,7 +130,7 @@ class FusedNet(nn.Module):
             )
         self.kernel = kernel
         self.scan = self.neuron.scan_function()
-        self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
+        self.fc1 = TransposedLinear(NUM_INPUTS, config.hidden)
         self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
@@ -105,12 +148,7 @@ class FusedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> NetOutput:
         numba = self._numba(x)
-        if self.training:  # zero pixels and absent spikes skipped (on the CPU); spike input
-            # (T, B, 784) takes every step in one product
-            flat = fused_linear(x.reshape(-1, NUM_INPUTS), self.fc1.weight, self.fc1.bias)
-            cur1 = flat.reshape(*x.shape[:-1], flat.shape[-1])
-        else:  # PyTorch's own product, as snnTorch's: the activity counts match it exactly
-            cur1 = self.fc1(x)
+        cur1 = self.fc1(x)
         if numba:  # the kernel counts the activity too, in eval mode
             spikes, membranes, counts, tallies = fused_lif_net(
                 cur1, self.fc2.weight, self.fc2.bias, **self.lif, activity=not self.training

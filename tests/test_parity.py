@@ -25,6 +25,8 @@ def run(model, config, images, labels):
     loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    if "fc1.weight_t" in grads:  # the fused fc1 keeps its weight transposed
+        grads["fc1.weight"] = grads.pop("fc1.weight_t").t()
     return out, loss.detach(), grads
 
 

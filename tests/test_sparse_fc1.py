@@ -19,22 +19,22 @@ def sparse_images(density: float, batch: int = 64, seed: int = 7) -> torch.Tenso
 def test_fc1_equals_a_linear_layer_forward_and_backward(density):
     torch.manual_seed(3)
     layer = nn.Linear(784, 300)
-    weight = nn.Parameter(layer.weight.detach().clone())
+    weight_t = nn.Parameter(layer.weight.detach().t().contiguous())  # (in, out)
     bias = nn.Parameter(layer.bias.detach().clone())
     images = sparse_images(density).requires_grad_()
     expected_images = images.detach().clone().requires_grad_()
 
-    out = fused_linear(images, weight, bias)
+    out = fused_linear(images, weight_t, bias)
     expected = F.linear(expected_images, layer.weight, layer.bias)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)
     out.backward(grad)
     expected.backward(grad)
-    torch.testing.assert_close(weight.grad, layer.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight_t.grad, layer.weight.grad.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(bias.grad, layer.bias.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(images.grad, expected_images.grad, rtol=1e-5, atol=1e-5)
     # in the parameter's layout, contiguous: fused Adam copies nothing
-    assert weight.grad.stride() == weight.stride() == (784, 1)
+    assert weight_t.grad.stride() == weight_t.stride() == (300, 1)
 
 
 def test_fused_matches_the_reference_on_sparse_images():
@@ -62,3 +62,32 @@ def test_weights_of_a_cuda_run_load_on_a_machine_without_one(tmp_path):
     images = sparse_images(0.19, batch=8)
     with torch.no_grad():
         assert torch.equal(loaded(images).membranes, model(images).membranes)
+
+
+def test_the_fused_fc1_is_nn_linear_stored_transposed():
+    """Same draws from the seed as nn.Linear, nn.Linear's state dict both ways, and a
+    contiguous (in, out) parameter with a gradient in its layout (fused Adam copies none)."""
+    from harness.config import make_run_config
+    from harness.model import build_model
+
+    config = make_run_config({"hidden": 40})
+    torch.manual_seed(5)
+    fused = build_model(config)
+    torch.manual_seed(5)
+    reference = build_model(config.model_copy(update={"backend": "reference"}))
+    assert torch.equal(fused.fc1.weight, reference.fc1.weight)
+    assert fused.fc1.weight_t.shape == (784, 40) and fused.fc1.weight_t.is_contiguous()
+
+    state = fused.state_dict()
+    assert list(state) == [k for k in reference.state_dict() if k.startswith(("fc1", "fc2"))]
+    assert state["fc1.weight"].shape == (40, 784)
+    with torch.no_grad():
+        reference.fc1.weight.mul_(2.0)
+    fused.load_state_dict(reference.state_dict(), strict=False)  # snnTorch's buffers extra
+    assert torch.equal(fused.fc1.weight, reference.fc1.weight)
+    assert fused.fc1.weight_t.is_contiguous()
+
+    images, labels = sparse_images(0.19, batch=16), torch.randint(0, 10, (16,))
+    _, _, grads = run(fused, config, images, labels)
+    assert fused.fc1.weight_t.grad.stride() == fused.fc1.weight_t.stride()
+    assert grads["fc1.weight"].shape == (40, 784) and grads["fc1.weight"].abs().max() > 0
