@@ -1,15 +1,16 @@
 """Speed: the fused backend against the snnTorch reference, side by side in one process.
 
 Both backends train the same configuration from the same initial weights on the same MNIST
-batches, interleaved iteration by iteration (alternating which goes first), after a
-warm-up; the figure of each is the median time of a full training iteration (forward, loss,
-backward, Adam step). Peak memory is measured per backend in a fresh process: on CUDA the
-allocator's peak, on the CPU the growth of the resident set's high-water mark over one
-training step (Linux `VmHWM`, reset before the step).
+batches, interleaved in rounds (`ROUND` iterations of one, then as many of the other, on the
+same batches, alternating which goes first), after a warm-up; the figure of each is the
+median time of a full training iteration (forward, loss, backward, Adam step). Peak memory
+is measured per backend in a fresh process: on CUDA the allocator's peak, on the CPU the
+growth of the resident set's high-water mark over one training step (Linux `VmHWM`, reset
+before the step).
 
 `--peers` instead times rows of the tutorial-5 case (batch 128) that show where the speed
-comes from and against whom, all from one seeded nn.Linear pair's weights, interleaved on
-the same batches, each with its rate loss on the first batch before any step:
+comes from and against whom, all from one seeded nn.Linear pair's weights, interleaved in
+rounds on the same batches, each with its rate loss on the first batch before any step:
 
 - snnTorch as written (the `reference` backend: fc1 at every step);
 - snnTorch with fc1 computed once before the step loop (the input is static);
@@ -121,15 +122,25 @@ def _trainer(config: RunConfig, device: torch.device) -> Step:
     return _training_step(build_model(config).to(device), config, device)
 
 
+# Iterations a backend runs in a row before the next takes over. A training run's iteration
+# follows its own, so the caches hold its weights and Adam's state; one that follows
+# snnTorch's (~70 ms, hundreds of MiB) finds them cold: the fused iteration, 3 to 4 ms, then
+# takes 0.3 to 0.9 ms longer. In rounds of 5, the first of each round is that cold one and
+# the median is the iteration as training runs it, while the machine's load, which drifts
+# over seconds, still reaches every backend alike (a round is 20 ms to 0.4 s).
+ROUND = 5
+
+
 def time_iterations(
     configs: dict[str, RunConfig],
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     warmup: int,
+    round_size: int = ROUND,
 ) -> dict[str, float]:
     """Median ms per training iteration of each config, interleaved on the same batches."""
     steps = {name: _trainer(config, device) for name, config in configs.items()}
-    return time_steps(steps, batches, device, warmup)
+    return time_steps(steps, batches, device, warmup, round_size)
 
 
 def time_steps(
@@ -137,19 +148,25 @@ def time_steps(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     warmup: int,
+    round_size: int = ROUND,
 ) -> dict[str, float]:
-    """Median ms of each training step, interleaved on the same batches (alternating which
-    goes first), the first `warmup` batches untimed."""
+    """Median ms of each training step, interleaved in rounds on the same batches: each
+    step runs `round_size` batches in a row, then the next step the same batches (which
+    goes first alternates round by round; `round_size` 1 interleaves every iteration). The
+    first `warmup` batches are untimed."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
-    for i, (images, labels) in enumerate(batches):
-        for name in names if i % 2 == 0 else reversed(names):
-            _sync(device)
-            start = time.perf_counter()
-            steps[name](images, labels)
-            _sync(device)
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+    for number, first in enumerate(range(0, len(batches), round_size)):
+        batch_round = range(first, min(first + round_size, len(batches)))
+        for name in names if number % 2 == 0 else reversed(names):
+            for i in batch_round:
+                images, labels = batches[i]
+                _sync(device)
+                start = time.perf_counter()
+                steps[name](images, labels)
+                _sync(device)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(values) for name, values in times.items()}
 
 
@@ -205,13 +222,14 @@ def run_case(
     device: torch.device,
     warmup: int,
     memory: bool = True,
+    round_size: int = ROUND,
 ) -> CaseResult:
     """Reference against fused for one configuration."""
     configs = {
         backend: make_run_config({**settings, "backend": backend, "device": str(device)})
         for backend in BACKENDS
     }
-    ms = time_iterations(configs, batches, device, warmup)
+    ms = time_iterations(configs, batches, device, warmup, round_size)
     per_epoch = 60_000 // configs["fused"].batch_size
     return CaseResult(
         settings=settings,
@@ -226,14 +244,17 @@ def run_case(
 
 
 def scaling(
-    batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device, warmup: int
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    warmup: int,
+    round_size: int = ROUND,
 ) -> list[dict]:
     """Fused ms per iteration as num_steps and hidden grow (is the cost linear?)."""
     configs = {
         ",".join(f"{k}={v}" for k, v in s.items()): make_run_config({**s, "device": str(device)})
         for s in SCALING
     }
-    ms = time_iterations(configs, batches, device, warmup)
+    ms = time_iterations(configs, batches, device, warmup, round_size)
     return [
         {"settings": s, "ms_per_iteration": ms[name]}
         for s, name in zip(SCALING, configs, strict=True)
@@ -413,9 +434,11 @@ def peer_rows(
     device: torch.device,
     warmup: int,
     compiled: bool = False,
+    round_size: int = ROUND,
 ) -> list[dict]:
-    """Every row of the tutorial-5 case: ms per iteration (median, interleaved), x snnTorch
-    (the reference's ms over the row's) and the initial loss, on the same weights."""
+    """Every row of the tutorial-5 case: ms per iteration (median, interleaved in rounds),
+    x snnTorch (the reference's ms over the row's) and the initial loss, on the same
+    weights."""
     config = make_run_config({"device": str(device)})
     rows = [row for row in ROWS if compiled or not row.compiled]
     torch.manual_seed(config.seed)
@@ -426,7 +449,7 @@ def peer_rows(
         model = _model_with_weights(row, config, fc1, fc2).to(device)
         losses[row.name] = initial_loss(model, config, images, labels)
         steps[row.name] = _training_step(model, config, device)
-    ms = time_steps(steps, batches, device, warmup)
+    ms = time_steps(steps, batches, device, warmup, round_size)
     return [
         {
             "name": row.name,
@@ -495,6 +518,7 @@ def bench(
     memory: bool = True,
     peers: bool = False,
     compiled: bool = False,
+    round_size: int = ROUND,
 ) -> dict:
     """Run every case (and the scaling series); return a JSON-ready dict of the figures.
     `peers`: instead the rows of `peer_rows` (`compiled` adds snnTorch under torch.compile),
@@ -510,18 +534,21 @@ def bench(
         "threads": torch.get_num_threads(),
         "iterations": iterations,
         "warmup": warmup,
+        "round": round_size,
     }
     if peers:
-        rows = peer_rows(batches, device, warmup, compiled)
+        rows = peer_rows(batches, device, warmup, compiled, round_size)
         by_name = {row["name"]: row for row in rows}
         versions = {"snntorch": metadata.version("snntorch"), **versions}
         ratio = by_name["reference"]["ms_per_iteration"] / by_name["fused"]["ms_per_iteration"]
         return {**report, "versions": versions, "rows": rows, "ratio": ratio}
-    results = [run_case(settings, batches, device, warmup, memory) for settings in cases]
+    results = [
+        run_case(settings, batches, device, warmup, memory, round_size) for settings in cases
+    ]
     report["cases"] = [asdict(r) for r in results]
     report["ratio"] = results[0].ratio
     if with_scaling:
-        report["scaling"] = scaling(batches, device, warmup)
+        report["scaling"] = scaling(batches, device, warmup, round_size)
     return report
 
 
@@ -546,7 +573,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"device {report['device']} ({report['device_name']}, {report['threads']} threads); "
         f"median of {report['iterations']} iterations after {report['warmup']} warm-up, "
-        "interleaved",
+        f"interleaved in rounds of {report['round']}",
     ]
     if "rows" in report:
         lines += format_rows(report)

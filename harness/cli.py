@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     bench.add_argument("--iterations", type=int, default=30, help="timed iterations per case")
     bench.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
+    bench.add_argument(
+        "--round", type=int, default=None, metavar="N",
+        help="iterations a backend runs in a row before the next takes over (default 5; "
+        "1 interleaves every iteration: the fused one then runs with cold caches)",
+    )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="tutorial-5 case only, no memory")
     bench.add_argument(
         "--tracking", action="store_true",
@@ -265,6 +270,9 @@ def _bench(args: argparse.Namespace) -> int:
     make_run_config({"device": args.device}, "--device")
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
+    round_size = bench.ROUND if args.round is None else args.round
+    if round_size < 1:
+        raise ConfigError(f"--round must be >= 1 (iterations in a row), got {round_size}")
     if args.tracking:
         report = bench.tracking_overhead(args.data_dir, repeats=5, settings={"device": args.device})
         print(
@@ -291,7 +299,7 @@ def _bench(args: argparse.Namespace) -> int:
         args.device, args.iterations, args.warmup, args.data_dir,
         cases=bench.CASES[:1] if args.quick else bench.CASES,
         with_scaling=not args.quick, memory=not args.quick,
-        peers=args.peers, compiled=args.compile,
+        peers=args.peers, compiled=args.compile, round_size=round_size,
     )  # fmt: skip
     print(bench.format_report(report))
     if args.json:

@@ -4,7 +4,9 @@ import math
 import subprocess
 import sys
 
-from harness.bench import peak_memory_mb
+import torch
+
+from harness.bench import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
 from harness.train import resolve_device
@@ -24,6 +26,34 @@ def test_bench_cli_reports_both_backends_side_by_side(mnist_dir):
     assert set(ms) == {"reference", "fused"} and all(v > 0 for v in ms.values())
     assert math.isclose(report["ratio"], ms["reference"] / ms["fused"])
     assert math.isclose(case["epoch_seconds"]["fused"], ms["fused"] * 468 / 1000)
+    assert report["round"] == 5 and "interleaved in rounds of 5" in done.stdout
+
+
+def test_steps_take_turns_in_rounds_on_the_same_batches():
+    calls = []
+    steps = {name: lambda images, labels, name=name: calls.append((name, int(images)))
+             for name in ("a", "b")}  # fmt: skip
+    batches = [(torch.tensor(i), torch.tensor(0)) for i in range(5)]
+    ms = time_steps(steps, batches, torch.device("cpu"), warmup=1, round_size=2)
+    assert calls == [("a", 0), ("a", 1), ("b", 0), ("b", 1),  # which goes first alternates
+                     ("b", 2), ("b", 3), ("a", 2), ("a", 3), ("a", 4), ("b", 4)]  # fmt: skip
+    assert set(ms) == {"a", "b"} and all(value > 0 for value in ms.values())
+    calls.clear()
+    time_steps(steps, batches[:2], torch.device("cpu"), warmup=0, round_size=1)
+    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
+
+
+def test_bench_rejects_a_round_below_one_with_exit_2():
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", "bench", "--device", "cpu", "--round", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--round must be >= 1 (iterations in a row), got 0")
+    )
 
 
 def test_fused_step_needs_less_memory_than_the_reference():
