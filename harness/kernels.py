@@ -272,34 +272,35 @@ def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, a
         tallies[c, 1] = np.int64(output_counts.sum())
 
 
-@njit(parallel=True, error_model="numpy", cache=True)
-def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, chunks, g2, gb2_parts):
+@njit(error_model="numpy", cache=True)
+def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, lo, hi, g2, gb2):
     """The gradient of the output layer's input current, G2[t] = G_U[t] (Leaky) or G_J[t]
-    (Synaptic), backwards in time, every sample and neuron side by side (arrays (T, B * K):
-    the neurons are independent, so the loop over them vectorises); their sums over steps
-    and samples (dL/db2) per chunk in float64."""
-    steps, width = g2.shape
-    outputs = gb2_parts.shape[1]
-    batch = width // outputs
-    for ch in prange(chunks):
-        lo, hi = ch * batch // chunks * outputs, (ch + 1) * batch // chunks * outputs
-        g = np.zeros(hi - lo, _F32)
-        gj = np.zeros(hi - lo if alpha is not None else 0, _F32)
-        total = np.zeros(hi - lo, np.float64)
-        for t in range(steps - 1, -1, -1):
-            m, gs, gu, out = mem2[t, lo:hi], grad_s2[t, lo:hi], grad_u2[t, lo:hi], g2[t, lo:hi]
-            for i in range(hi - lo):
-                v = gs[i] * _surrogate(m[i] - thr, code, slope) + gu[i] + beta * g[i]
-                g[i] = v
-                if alpha is not None:
-                    v = v + alpha * gj[i]
-                    gj[i] = v
-                out[i] = v
-                total[i] += v
-        gb2 = np.zeros(outputs, np.float64)
+    (Synaptic), backwards in time, for columns lo:hi of the (T, B * K) arrays (a range of
+    samples, their neurons side by side: independent, so the loop over them vectorises);
+    its sums over steps and samples (dL/db2) added to gb2 (K,) in float64. grad_s2 or
+    grad_u2 None: the loss reads only the membranes or only the spikes."""
+    steps, outputs = g2.shape[0], gb2.shape[0]
+    zero = _F32(0.0)
+    g = np.zeros(hi - lo, _F32)
+    gj = np.zeros(hi - lo if alpha is not None else 0, _F32)
+    total = np.zeros(hi - lo, np.float64)
+    for t in range(steps - 1, -1, -1):
+        m, out = mem2[t, lo:hi], g2[t, lo:hi]
         for i in range(hi - lo):
-            gb2[i % outputs] += total[i]
-        gb2_parts[ch] = gb2
+            v = zero  # (0 + x is x: as if the missing gradient were zeros)
+            if grad_s2 is not None:
+                v = grad_s2[t, lo + i] * _surrogate(m[i] - thr, code, slope)
+            if grad_u2 is not None:
+                v = v + grad_u2[t, lo + i]
+            v = v + beta * g[i]
+            g[i] = v
+            if alpha is not None:
+                v = v + alpha * gj[i]
+                gj[i] = v
+            out[i] = v
+            total[i] += v
+    for i in range(hi - lo):
+        gb2[(lo + i) % outputs] += total[i]
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
@@ -445,25 +446,35 @@ def _step_weights(steps, alpha, beta):
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _hidden_backward(cur1, w2, g2, alpha, beta, thr, code, slope, chunks, grad_cur1,
-                     grad_w2_parts):  # fmt: skip
-    """The hidden layer's part of the backward pass, a sample at a time: dL/dcur1
-    (`_hidden_grads` for a static current (1, B, H), in closed form; `_hidden_step_grads`
-    for one a step (T, B, H), after recomputing the sample's membranes), then dL/dW2 from
-    the sample's hidden spikes (`_weight_grads`)."""
+def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, chunks, g2,
+              g2_flat, grad_cur1, grad_w2, grad_b2):  # fmt: skip
+    """The backward pass, a range of samples a thread: the output layer's G2 for them
+    (`_output_grads`), then a sample at a time the hidden layer's dL/dcur1 (`_hidden_grads`
+    for a static current (1, B, H), in closed form; `_hidden_step_grads` for one a step
+    (T, B, H), after recomputing the sample's membranes) and dL/dW2 from its hidden spikes
+    (`_weight_grads`). The threads' dL/dW2 and dL/db2 are added up at the end. mem2,
+    grad_s2 and grad_u2 come as (T, B * K), and g2 (T, B, K) as g2_flat too."""
     batch, hidden = cur1.shape[1], cur1.shape[2]
     steps, outputs = g2.shape[0], g2.shape[2]
     per_step = cur1.shape[0] > 1
     cs = _step_weights(steps, alpha, beta)
+    gw2_parts = np.empty((chunks, outputs, hidden), _F32)
+    gb2_parts = np.zeros((chunks, outputs), np.float64)
     for ch in prange(chunks):
+        first, last = ch * batch // chunks, (ch + 1) * batch // chunks
+        _output_grads(
+            mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, first * outputs,
+            last * outputs, g2_flat, gb2_parts[ch],
+        )  # fmt: skip
         j, gj = _synapse_state(hidden, alpha), _synapse_state(hidden, alpha)
         u = np.empty(hidden, _F32)
         s = np.empty(hidden, _F32)
         gu = np.empty(hidden, _F32)
         u1 = np.empty((steps if per_step else 0, hidden), _F32)
         s1 = np.empty((steps, hidden), _F32)
-        gw2 = np.zeros((outputs, hidden), _F32)
-        for b in range(ch * batch // chunks, (ch + 1) * batch // chunks):
+        gw2 = gw2_parts[ch]
+        gw2[:] = 0
+        for b in range(first, last):
             if per_step:
                 _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1)
                 _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, grad_cur1)
@@ -473,7 +484,11 @@ def _hidden_backward(cur1, w2, g2, alpha, beta, thr, code, slope, chunks, grad_c
                     grad_cur1[0, b],
                 )  # fmt: skip
             _weight_grads(g2, b, s1, gw2)
-        grad_w2_parts[ch] = gw2
+    grad_w2[:] = gw2_parts[0]
+    for ch in range(1, chunks):
+        grad_w2 += gw2_parts[ch]
+    for k in range(outputs):
+        grad_b2[k] = _F32(gb2_parts[:, k].sum())
 
 
 class _FusedLIFNet(torch.autograd.Function):
@@ -507,28 +522,21 @@ class _FusedLIFNet(torch.autograd.Function):
     def backward(ctx, grad_spikes, grad_membranes, *_):
         cur1, w2, membranes = ctx.saved_tensors
         num_steps, alpha, beta, thr, surrogate, slope = ctx.settings
-        batch, chunks = cur1.shape[1], _chunks(cur1.shape[1])
-        if grad_spikes is None:
-            grad_spikes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
-        if grad_membranes is None:
-            grad_membranes = cur1.new_zeros((num_steps, batch, w2.shape[0]))
-        code, steps, outputs = SURROGATE_CODE[surrogate], num_steps, w2.shape[0]
-        g2 = cur1.new_empty((steps, batch, outputs))
-        grad_b2 = torch.empty((chunks, outputs), dtype=torch.float64)
-        flat = (steps, batch * outputs)  # (T, B * K) views
-        _output_grads(
-            membranes.reshape(flat).numpy(), grad_spikes.contiguous().reshape(flat).numpy(),
-            grad_membranes.contiguous().reshape(flat).numpy(), alpha, _F32(beta), _F32(thr),
-            code, _F32(slope), chunks, g2.reshape(flat).numpy(), grad_b2.numpy(),
-        )  # fmt: skip
+        batch, outputs = cur1.shape[1], w2.shape[0]
+        flat = (num_steps, batch * outputs)  # (T, B * K) views
+        g2 = cur1.new_empty((num_steps, batch, outputs))
         grad_cur1 = torch.empty_like(cur1)
-        grad_w2 = torch.empty((chunks, *w2.shape), dtype=torch.float32)
-        _hidden_backward(
-            cur1.numpy(), w2.numpy(), g2.numpy(), alpha, _F32(beta), _F32(thr), code,
-            _F32(slope), chunks, grad_cur1.numpy(), grad_w2.numpy(),
+        grad_w2, grad_b2 = torch.empty_like(w2), w2.new_empty(outputs)
+        grad_spikes, grad_membranes = (
+            None if grad is None else grad.contiguous().reshape(flat).numpy()
+            for grad in (grad_spikes, grad_membranes)
+        )  # None: the loss does not read them
+        _backward(
+            cur1.numpy(), w2.numpy(), membranes.reshape(flat).numpy(), grad_spikes,
+            grad_membranes, alpha, _F32(beta), _F32(thr), SURROGATE_CODE[surrogate],
+            _F32(slope), _chunks(batch), g2.numpy(), g2.reshape(flat).numpy(),
+            grad_cur1.numpy(), grad_w2.numpy(), grad_b2.numpy(),
         )  # fmt: skip
-        grad_w2 = grad_w2.sum(0)
-        grad_b2 = grad_b2.sum(0).to(w2.dtype)
         if ctx.static:
             grad_cur1 = grad_cur1[0]
         return grad_cur1, grad_w2, grad_b2, None, None, None, None, None, None, None
