@@ -147,19 +147,20 @@ def _synapse_state(size, alpha):
 
 
 @njit(error_model="numpy", cache=True)
-def _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1):
+def _hidden_scan(cur1, b, alpha, beta, thr, j, u, u1, s1):
     """Sample b's hidden layer over all steps from its current cur1[:, b] (cur1 (1, B, H):
     static, the same at every step; (T, B, H): one a step): fills s1 (T, H), and u1 (T, H)
     unless it has no rows (training's forward pass needs no membranes: 10 % faster).
     snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state lives in u
-    and s (H,), and for Synaptic j: reading the previous step from u1 and s1 themselves
-    would keep LLVM from vectorising (it cannot tell their rows apart)."""
+    (H,), and for Synaptic j: reading the previous step from u1 itself would keep LLVM from
+    vectorising (it cannot tell its rows apart). The previous step's spike is not stored
+    but read off the membrane, S[t-1] = U[t-1] > thr (so it is; thr > 0 makes U = 0 at the
+    start spike-free): one load and one store fewer a neuron and step (10 % faster)."""
     zero, one = _F32(0.0), _F32(1.0)
     hidden, per_step = cur1.shape[2], cur1.shape[0] > 1
     keep_u = u1.shape[0] > 0
     for n in range(hidden):
         u[n] = zero
-        s[n] = zero
         if j is not None:
             j[n] = zero
     for t in range(s1.shape[0]):
@@ -169,10 +170,10 @@ def _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1):
             if j is not None:
                 i = _synapse(j[n], i, alpha)
                 j[n] = i
-            v = _lif(u[n], i, s[n], beta, thr)
+            before = u[n]
+            v = _lif(before, i, one if before > thr else zero, beta, thr)
             fired = one if v > thr else zero
             u[n] = v
-            s[n] = fired
             if keep_u:
                 u1[t, n] = v
             s1[t, n] = fired
@@ -249,7 +250,7 @@ def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, a
     batch, hidden = cur1.shape[1], cur1.shape[2]
     outputs = w2.shape[0]
     for c in prange(chunks):
-        u, s = np.empty(hidden, _F32), np.empty(hidden, _F32)
+        u = np.empty(hidden, _F32)
         j1, j2 = _synapse_state(hidden, alpha), _synapse_state(outputs, alpha)
         u1 = np.empty((num_steps if activity else 0, hidden), _F32)
         s1 = np.empty((num_steps, hidden), _F32)
@@ -259,7 +260,7 @@ def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, a
         scratch_h = np.empty(hidden if activity else 0, _F32)
         scratch_k, output_counts = np.empty(outputs, _F32), np.zeros(outputs)
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
-            _hidden_scan(cur1, b, alpha, beta, thr, j1, u, s, u1, s1)
+            _hidden_scan(cur1, b, alpha, beta, thr, j1, u, u1, s1)
             _fc2_steps(s1, w2, b2, cur2)
             _output_scan(cur2, alpha, beta, thr, j2, u2, s2)
             mem2[:, b, :] = u2
@@ -304,10 +305,10 @@ def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, lo, hi,
 
 
 @njit(fastmath={"reassoc", "nsz", "arcp", "contract"}, error_model="numpy", cache=True)
-def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1, total):
+def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s1, total):
     """A static current (cur1 (1, B, H)): sample b's dL/dcur1 = sum_t c_t (W2^T G2[t, b])
     sg(U1[t] - thr) into `total` (H,), forwards in time, the hidden scan recomputed on the
-    way (as `_hidden_scan`, bit for bit, its state in u, s and j); its spikes into s1 (T, H)
+    way (as `_hidden_scan`, bit for bit, its state in u and j); its spikes into s1 (T, H)
     for dL/dW2. (W2^T G2 as one matrix product beforehand would be faster in cache, but its
     (T, B, H) result costs more to write and read back than the ten products per neuron and
     step cost here.)"""
@@ -315,7 +316,6 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
     hidden, outputs = cur1.shape[2], w2.shape[0]
     for n in range(hidden):
         u[n] = zero
-        s[n] = zero
         total[n] = zero
         if j is not None:
             j[n] = zero
@@ -329,10 +329,10 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
                 if j is not None:
                     i = _synapse(j[n], i, alpha)
                     j[n] = i
-                v = _lif(u[n], i, s[n], beta, thr)
+                before = u[n]
+                v = _lif(before, i, one if before > thr else zero, beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
-                s[n] = fired
                 s1[t, n] = fired
                 d = (
                     a0 * w2[0, n] + a1 * w2[1, n] + a2 * w2[2, n] + a3 * w2[3, n]
@@ -346,10 +346,10 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s
                 if j is not None:
                     i = _synapse(j[n], i, alpha)
                     j[n] = i
-                v = _lif(u[n], i, s[n], beta, thr)
+                before = u[n]
+                v = _lif(before, i, one if before > thr else zero, beta, thr)
                 fired = one if v > thr else zero
                 u[n] = v
-                s[n] = fired
                 s1[t, n] = fired
                 d = zero
                 for k in range(outputs):
@@ -468,7 +468,6 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
         )  # fmt: skip
         j, gj = _synapse_state(hidden, alpha), _synapse_state(hidden, alpha)
         u = np.empty(hidden, _F32)
-        s = np.empty(hidden, _F32)
         gu = np.empty(hidden, _F32)
         u1 = np.empty((steps if per_step else 0, hidden), _F32)
         s1 = np.empty((steps, hidden), _F32)
@@ -476,12 +475,11 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
         gw2[:] = 0
         for b in range(first, last):
             if per_step:
-                _hidden_scan(cur1, b, alpha, beta, thr, j, u, s, u1, s1)
+                _hidden_scan(cur1, b, alpha, beta, thr, j, u, u1, s1)
                 _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, grad_cur1)
             else:
                 _hidden_grads(
-                    cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s, s1,
-                    grad_cur1[0, b],
+                    cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s1, grad_cur1[0, b],
                 )  # fmt: skip
             _weight_grads(g2, b, s1, gw2)
     grad_w2[:] = gw2_parts[0]
