@@ -6,8 +6,8 @@ default slope. No torch import here: config.py reads the names and default slope
 bad input before anything heavy loads. The derivatives use only tensor methods, and the
 snnTorch constructors import snnTorch when called.
 
-Adding a surrogate: an entry here, and a branch of the CPU kernel's `_surrogate` (with
-`_hidden_backward_step`) for its `kernel_code` in harness/kernels.py.
+Adding a surrogate: an entry here, and a branch of the CPU kernel's `_surrogate` for its
+`kernel_code` in harness/kernels.py.
 """
 
 from __future__ import annotations
