@@ -124,11 +124,11 @@ def _trainer(config: RunConfig, device: torch.device) -> Step:
 
 # Iterations a backend runs in a row before the next takes over. A training run's iteration
 # follows its own, so the caches hold its weights and Adam's state; one that follows
-# snnTorch's (~70 ms, hundreds of MiB) finds them cold: the fused iteration, about 3 ms, then
-# takes 0.5 to 0.9 ms longer. In rounds of 5 only the first fused iteration of every other
-# round follows snnTorch's (the order alternates), so the median is the iteration as
-# training runs it, while the machine's load, which drifts over seconds, still reaches every
-# backend alike (a round is 15 ms to 0.4 s).
+# snnTorch's (~70 ms, hundreds of MiB) finds them cold: interleaved every iteration, the
+# fused median (about 3 ms) rises by 0.5 to 0.7 ms. In rounds of 5 only the first fused
+# iteration of every other round follows snnTorch's (the order alternates), so the median is
+# the iteration as training runs it, while the machine's load, which drifts over seconds,
+# still reaches every backend alike (a round is 15 ms to 0.4 s).
 ROUND = 5
 
 
