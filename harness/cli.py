@@ -172,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--alpha", type=float, default=0.05, help="level of the tests, 0 < alpha < 1 (0.05)"
     )
     compare.add_argument(
-        "--paired", action="store_true",
-        help="pair runs by seed (a paired t-test over the seeds both ran): for two studies "
-        "of the same seeds, e.g. two backends or two commits, which share initial weights",
+        "--unpaired", action="store_true",
+        help="Welch's unpaired test everywhere; by default runs of the seeds both studies ran "
+        "are paired (a paired t-test: a seed fixes the initial weights and batches)",
     )  # fmt: skip
+    compare.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)  # the default
     compare.add_argument("--json", action="store_true", help="print a JSON document last")
     compare.add_argument(
         "--reports-dir", type=Path, default=Path("reports"),
@@ -435,7 +436,9 @@ def _compare(args: argparse.Namespace) -> int:
         sides.append(compare.read_side(label, config, stores))
     for note in sides[0].notes + sides[1].notes:
         print(f"note: {note}", file=sys.stderr)
-    result = compare.compare(*sides, metric=args.metric, alpha=args.alpha, paired_seeds=args.paired)
+    if args.paired and args.unpaired:
+        raise ConfigError("--paired and --unpaired exclude each other (paired is the default)")
+    result = compare.compare(*sides, metric=args.metric, alpha=args.alpha, unpaired=args.unpaired)
     flags = []
     for flag, value in (
         ("--output-dir", args.output_dir), ("--storage", args.storage),
@@ -447,8 +450,8 @@ def _compare(args: argparse.Namespace) -> int:
             flags += [flag, str(value)]
     if args.alpha != 0.05:
         flags += ["--alpha", f"{args.alpha:g}"]
-    if args.paired:
-        flags += ["--paired"]
+    if args.unpaired:
+        flags += ["--unpaired"]
     command = shlex.join(["python", "-m", "harness", "compare", args.a, args.b, *flags])
     page = compare.build_page(result, compare.page_dir(args.reports_dir, result), command)
     print(compare.format_table(result))

@@ -2,9 +2,12 @@
 
 Each side is a study read from its stores (the same or other ones: one study on two commits or
 two machines). Configurations are matched by their values of the parameters either study
-varies; per configuration, the difference of the means B - A over seeds gets a Welch
-confidence interval and Welch's t-test, and a verdict at a stated level. The result goes to
-the terminal, a JSON document and an HTML page with one Seaborn figure.
+varies; per configuration, B - A is tested seed by seed (paired t-test on the seeds both
+sides ran: a seed fixes the initial weights and batches on both) where they share 2 or more,
+else with Welch's unpaired test (`unpaired` forces it). p-values are Holm-adjusted over the
+configurations, and the verdicts read the adjusted ones; each row carries its minimum
+detectable effect (harness.stats). The result goes to the terminal, a JSON document and an
+HTML page with one Seaborn figure.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 from scipy import stats
 
+from harness import stats as stats_
 from harness.config import ConfigError, StudyConfig
 from harness.metrics import METRICS as METRIC_SPECS
 from harness.report import figures
@@ -34,8 +38,6 @@ from harness.report.render import written_aside
 from harness.stores import Stores, redact
 from harness.study import MUTABLE_STUDY_KEYS
 
-# Which way is better for a metric that is not the study's objective (None: neither, so the
-# verdict says "higher" or "lower").
 DIGITS = {"train_seconds": 2}  # decimals shown; 4 for the others
 TOO_FEW = "too few seeds"
 SAME = "no significant difference"
@@ -70,12 +72,28 @@ class Comparison:
     settings: dict[str, tuple[Any, Any]]  # other run settings that differ: key -> (A, B)
     table: pd.DataFrame
     values: pd.DataFrame  # side, configuration, seed, value: every finished run's metric
-    paired: bool = False  # a paired t-test over the seeds both sides ran, else Welch's
+    unpaired: bool = False  # Welch's test everywhere, even where the seeds match
+
+    @property
+    def tests(self) -> list[str]:
+        """The tests the rows used ("paired", "welch"), in that order."""
+        used = set(self.table["test"]) if "test" in self.table else set()
+        return [name for name in stats_.TESTS if name in used]
+
+    @property
+    def paired(self) -> bool:
+        """Was every configuration in both studies compared seed by seed?"""
+        return self.tests == ["paired"]
 
     @property
     def test(self) -> str:
-        """The test, in words."""
-        return "paired t-test over common seeds" if self.paired else "Welch's t-test"
+        """The tests, in words."""
+        if self.unpaired:
+            return "Welch's t-test (--unpaired)"
+        words = {"paired": "paired t-test over common seeds", "welch": "Welch's t-test"}
+        if len(self.tests) == 2:
+            return "paired t-test over common seeds (Welch's where fewer than 2 are common)"
+        return words[self.tests[0]] if self.tests else words["paired"]
 
     @property
     def confidence(self) -> float:
@@ -176,44 +194,6 @@ def _label(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items()) or "base"
 
 
-def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> dict[str, float]:
-    """B - A with Welch's t-test: difference of means, its confidence interval (Welch-
-    Satterthwaite degrees of freedom), t, df and the two-sided p-value; NaN with < 2 each."""
-    difference = float(np.mean(b) - np.mean(a)) if len(a) and len(b) else math.nan
-    enough = len(a) > 1 and len(b) > 1
-    return _t_test(difference, enough, lambda: stats.ttest_ind(b, a, equal_var=False), confidence)
-
-
-def paired(a: pd.Series, b: pd.Series, confidence: float) -> dict[str, float]:
-    """B - A with a paired t-test over the seeds both sides ran (`a`, `b`: values by seed):
-    runs of one seed share their initial weights and batches, so their difference is far less
-    noisy than two independent samples. NaN with < 2 common seeds."""
-    common = a.index.intersection(b.index)
-    a, b = a.loc[common].to_numpy(dtype=float), b.loc[common].to_numpy(dtype=float)
-    difference = float(np.mean(b - a)) if len(common) else math.nan
-    return _t_test(difference, len(common) > 1, lambda: stats.ttest_rel(b, a), confidence)
-
-
-def _t_test(difference: float, enough: bool, test: Any, confidence: float) -> dict[str, float]:
-    """The numbers of a scipy t-test result (NaN where there are too few values for one)."""
-    if not enough:
-        nan = math.nan
-        return {"difference": difference, "t": nan, "df": nan, "p": nan, "ci_low": nan,
-                "ci_high": nan}  # fmt: skip
-    with warnings.catch_warnings():  # identical values: scipy warns, and says NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = test()
-        interval = result.confidence_interval(confidence)
-    return {
-        "difference": difference,
-        "t": float(result.statistic),
-        "df": float(result.df),
-        "p": float(result.pvalue),
-        "ci_low": float(interval.low),
-        "ci_high": float(interval.high),
-    }
-
-
 def verdict(
     n_a: int, n_b: int, difference: float, p: float, alpha: float, direction: str | None
 ) -> str:
@@ -242,13 +222,13 @@ def _side_stats(values: np.ndarray, confidence: float) -> dict[str, float]:
 
 
 def compare(
-    a: Side, b: Side, metric: str | None = None, alpha: float = 0.05, paired_seeds: bool = False
+    a: Side, b: Side, metric: str | None = None, alpha: float = 0.05, unpaired: bool = False
 ) -> Comparison:
     """Match the two studies' configurations and test B - A on each (see module docstring).
 
     `metric` defaults to A's objective metric (its first, if several); a configuration
-    present on one side only is kept, with verdict "only in A" or "only in B". With
-    `paired_seeds`, runs are paired by seed (`paired`), else Welch's test (`welch`)."""
+    present on one side only is kept, with verdict "only in A" or "only in B". Runs are
+    paired by seed where both sides ran 2 or more of the same seeds, unless `unpaired`."""
     check_options(metric, alpha)
     metric = metric or a.config.objective.metric
     for side in (a, b):
@@ -277,8 +257,8 @@ def compare(
             entry = groups.setdefault(point, {"params": dict(zip(keys, point, strict=True))})
             finished = group[(group["status"] == "finished") & group[metric].notna()]
             entry[side.label] = finished[metric].to_numpy(dtype=float)
-            entry[f"{side.label} by seed"] = pd.Series(
-                finished[metric].to_numpy(dtype=float), index=finished["seed"].to_numpy()
+            entry[f"{side.label} by seed"] = dict(
+                zip(finished["seed"].astype(int), finished[metric].astype(float), strict=True)
             )
             label = _label(entry["params"])
             values += [
@@ -290,29 +270,35 @@ def compare(
         in_a, in_b = "A" in entry, "B" in entry
         va, vb = entry.get("A", np.array([])), entry.get("B", np.array([]))
         sa, sb = _side_stats(va, 1 - alpha), _side_stats(vb, 1 - alpha)
-        if paired_seeds and in_a and in_b:
-            test = paired(entry["A by seed"], entry["B by seed"], 1 - alpha)
-            pairs = len(entry["A by seed"].index.intersection(entry["B by seed"].index))
-            sizes = (pairs, pairs)
-        else:
-            test = welch(va, vb, 1 - alpha)
-            sizes = (len(va), len(vb))
-        if not (in_a and in_b):
-            judged = "only in A" if in_a else "only in B"
-        else:
-            judged = verdict(*sizes, test["difference"], test["p"], alpha, direction)
+        result = stats_.compare(
+            entry.get("A by seed", {}), entry.get("B by seed", {}), alpha, unpaired
+        )
         row: dict[str, Any] = {"configuration": _label(entry["params"]), **entry["params"]}
-        if paired_seeds:
-            row["pairs"] = sizes[0] if in_a and in_b else 0
         row.update({f"{k}_a": v for k, v in sa.items()})
         row.update({f"{k}_b": v for k, v in sb.items()})
-        row.update(test)
-        row["verdict"] = judged
+        row.update({k: getattr(result, k) for k in ("difference", "ci_low", "ci_high", "t", "df")})
+        row.update(test=result.test if in_a and in_b else "", pairs=result.pairs, p=result.p)
+        row["mde"] = result.mde
+        row["in_both"] = in_a and in_b
+        row["only"] = "" if in_a and in_b else ("only in A" if in_a else "only in B")
         row["values_a"], row["values_b"] = va.tolist(), vb.tolist()
         rows.append(row)
     table = pd.DataFrame(rows)
+    both = table["in_both"]
+    table["p_holm"] = math.nan
+    table.loc[both, "p_holm"] = stats_.holm(list(table.loc[both, "p"]), alpha)
+    table["verdict"] = [
+        verdict(
+            *((r["pairs"], r["pairs"]) if r["test"] == "paired" else (r["n_a"], r["n_b"])),
+            r["difference"], r["p_holm"], alpha, direction,
+        )
+        if r["in_both"]
+        else r["only"]
+        for _, r in table.iterrows()
+    ]  # fmt: skip
+    table = table.drop(columns=["in_both", "only"])
     frame = pd.DataFrame(values, columns=["side", "configuration", "seed", "value"])
-    return Comparison(a, b, metric, direction, alpha, keys, settings, table, frame, paired_seeds)
+    return Comparison(a, b, metric, direction, alpha, keys, settings, table, frame, unpaired)
 
 
 def counts(comparison: Comparison) -> dict[str, int]:
@@ -382,8 +368,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells, for the terminal and the page."""
     d = DIGITS.get(comparison.metric, 4)
     level = f"{comparison.percent} CI"
-    columns = ["configuration", "n A", "A mean ± sd", "n B", "B mean ± sd", "B - A", level, "p",
-               "verdict"]  # fmt: skip
+    columns = ["configuration", "n A", "A mean ± sd", "n B", "B mean ± sd", "test", "B - A", level,
+               "p", "p (Holm)", "MDE", "verdict"]  # fmt: skip
     rows = []
     for _, r in comparison.table.iterrows():
         cells = [r["configuration"]]
@@ -391,10 +377,14 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
             mean, sd = _num(r[f"mean_{side}"], d), _num(r[f"sd_{side}"], d)
             cells += [str(r[f"n_{side}"]), mean if sd == "-" else f"{mean} ± {sd}"]
         low, high = _num(r["ci_low"], d, True), _num(r["ci_high"], d, True)
+        test = f"paired ({r['pairs']})" if r["test"] == "paired" else r["test"] or "-"
         cells += [
+            test,
             _num(r["difference"], d, True),
             "-" if low == "-" else f"[{low}, {high}]",
             _p(r["p"]),
+            _p(r["p_holm"]),
+            _num(r["mde"], d),
             r["verdict"],
         ]
         rows.append(cells)
@@ -453,9 +443,7 @@ def to_json(comparison: Comparison, page: Path | None = None) -> dict[str, Any]:
             entry[s] = {k: r[f"{k}_{s}"] for k in ("n", "mean", "sd", "ci_low", "ci_high")}
             entry[s]["values"] = r[f"values_{s}"]
         entry.update({k: r[k] for k in ("difference", "ci_low", "ci_high", "t", "df", "p")})
-        if c.paired:
-            entry["pairs"] = r["pairs"]
-        entry["verdict"] = r["verdict"]
+        entry.update({k: r[k] for k in ("p_holm", "mde", "test", "pairs", "verdict")})
         configurations.append(entry)
     return _plain(
         {
@@ -465,11 +453,8 @@ def to_json(comparison: Comparison, page: Path | None = None) -> dict[str, Any]:
             "direction": c.direction,
             "alpha": c.alpha,
             "confidence": c.confidence,
-            "test": (
-                "paired t-test over common seeds (scipy.stats.ttest_rel), B - A"
-                if c.paired
-                else "Welch's t-test (scipy.stats.ttest_ind, equal_var=False), B - A"
-            ),
+            "test": f"{c.test}, B - A; p Holm-adjusted over the configurations in both",
+            "tests": {name: stats_.TESTS[name] for name in c.tests},
             "matched_on": c.keys,
             "settings_differ": {k: list(v) for k, v in c.settings.items()},
             "configurations": configurations,
@@ -491,7 +476,10 @@ def figure(comparison: Comparison) -> figures.Figure:
         s = _side_stats(np.asarray(v, dtype=float), level)
         return s["ci_low"], s["ci_high"]
 
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(order) + 3), 4.5))
+    width = max(6.0, 1.1 * len(order) + 3)
+    fig, (ax, right) = plt.subplots(
+        1, 2, figsize=(2 * width, 4.5), gridspec_kw={"width_ratios": [1, 1]}
+    )
     hue_order = [c.a.title, c.b.title]
     with warnings.catch_warnings():  # a lone seed has no interval: NaN, drawn as nothing
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -508,20 +496,50 @@ def figure(comparison: Comparison) -> figures.Figure:
         ax.get_legend().set_title("study")
     ax.set_ylabel(c.metric.replace("_", " "))
     ax.set_xlabel(", ".join(c.keys))
-    if len(order) > 4:
-        ax.tick_params(axis="x", labelrotation=30)
+    _difference_axis(right, c, order)
+    for axis in (ax, right):
+        if len(order) > 4:
+            axis.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     caption = (
-        f"{c.metric} of {c.a.title} and {c.b.title} per configuration: the mean over seeds "
-        f"with its {c.percent} confidence interval (Student's t), faint points single seeds. "
-        "A configuration with one seed has no interval."
+        f"Left: {c.metric} of {c.a.title} and {c.b.title} per configuration, the mean over "
+        f"seeds with its {c.percent} confidence interval (Student's t), faint points single "
+        f"seeds. Right: B - A with the {c.percent} confidence interval of the test in the "
+        "table (paired on common seeds: the interval the verdict rests on, often far "
+        "narrower than the per-study ones). A configuration with one seed has no interval."
     )
     return figures.Figure(FIGURE, f"{c.metric} of A and B per configuration", caption, fig)
 
 
+def _difference_axis(ax: plt.Axes, c: Comparison, order: list[str]) -> None:
+    """B - A per configuration with its confidence interval, a line at 0."""
+    table = c.table.set_index("configuration").reindex(order)
+    x = np.arange(len(order))
+    difference = table["difference"].to_numpy(dtype=float)
+    errors = np.abs(table[["ci_low", "ci_high"]].to_numpy(dtype=float).T - difference)
+    colors = ["C0" if t == "paired" else "C1" for t in table["test"].fillna("")]
+    for i in range(len(order)):
+        ax.errorbar(x[i], difference[i], yerr=errors[:, i : i + 1], fmt="o", color=colors[i],
+                    capsize=4)  # fmt: skip
+    ax.axhline(0, color="0.4", linewidth=1)
+    ax.set_xticks(x, order)
+    ax.set_xlabel(", ".join(c.keys))
+    ax.set_ylabel(f"B - A, {c.metric.replace('_', ' ')}")
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="none", color=color, label=label)
+        for color, label in (("C0", "paired"), ("C1", "welch"))
+        if label in c.tests
+    ]
+    if handles:
+        ax.legend(handles=handles, title="test", loc="best")
+
+
 def page_dir(reports_dir: Path, comparison: Comparison) -> Path:
-    """reports/compare-A-vs-B (study names are plain folder names)."""
-    return Path(reports_dir) / f"compare-{comparison.a.config.name}-vs-{comparison.b.config.name}"
+    """reports/compare-A-vs-B (study names are plain folder names; -unpaired with Welch's
+    test forced, so it does not replace the paired page)."""
+    suffix = "-unpaired" if comparison.unpaired else ""
+    name = f"compare-{comparison.a.config.name}-vs-{comparison.b.config.name}{suffix}"
+    return Path(reports_dir) / name
 
 
 def build_page(comparison: Comparison, out_dir: Path, command: str = "") -> Path:
@@ -559,11 +577,7 @@ def build_page(comparison: Comparison, out_dir: Path, command: str = "") -> Path
                 command=redact(command),
                 test=c.test,
                 paired=c.paired,
-                test_detail=(
-                    "differences of the runs of each common seed"
-                    if c.paired
-                    else "Welch–Satterthwaite degrees of freedom"
-                ),
+                unpaired=c.unpaired,
             )
             (staging / "index.html").write_text(html)
             table = c.table.drop(columns=["values_a", "values_b"])

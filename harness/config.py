@@ -340,6 +340,24 @@ class Pruner(BaseModel):
     startup_trials: int = Field(3, ge=0)
 
 
+class AdaptiveSeeds(BaseModel):
+    """Seeds spent where the answer is still open: every configuration first runs seeds
+    0..min-1; then, round by round, each configuration whose paired CI against the current
+    best still contains 0 and is wider than ±`resolution` (objective units) gets the next
+    seed, as does the best, until it is decided or has `max` seeds (harness.seed_rounds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    min: StrictInt = Field(ge=2, le=MAX_SEEDS, description="seeds every configuration runs")
+    max: StrictInt = Field(ge=2, le=MAX_SEEDS, description="seeds a configuration may reach")
+    resolution: float = Field(gt=0, description="a CI half-width that settles a comparison")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdaptiveSeeds:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be at least min ({self.min})")
+        return self
+
+
 class StudyConfig(BaseModel):
     """A study file, validated: base run settings, the space, the sampler and the seeds."""
 
@@ -351,7 +369,7 @@ class StudyConfig(BaseModel):
     sampler: Literal["grid", "tpe", "random", "qmc", "nsga2"] = "grid"
     sampler_seed: int | None = Field(None, ge=0, description="seed of a search's sampler")
     n_trials: int | None = Field(None, ge=1)
-    seeds: StrictInt | list[StrictInt] = 1
+    seeds: StrictInt | list[StrictInt] | AdaptiveSeeds = 1
     # A file gives `objective: {...}` (one) or `objectives: [{...}, ...]` (several, the first
     # one leading wherever one is needed); both become this list.
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
@@ -417,8 +435,23 @@ class StudyConfig(BaseModel):
         return value
 
     @property
+    def adaptive(self) -> AdaptiveSeeds | None:
+        """The adaptive seed rule, if the study has one (`seeds: {min, max, resolution}`)."""
+        return self.seeds if isinstance(self.seeds, AdaptiveSeeds) else None
+
+    @property
     def seed_list(self) -> list[int]:
+        """The seeds every configuration runs (with adaptive seeds, the first `min`)."""
+        if isinstance(self.seeds, AdaptiveSeeds):
+            return list(range(self.seeds.min))
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @property
+    def all_seeds(self) -> list[int]:
+        """Every seed a configuration may run (with adaptive seeds, up to `max`)."""
+        if isinstance(self.seeds, AdaptiveSeeds):
+            return list(range(self.seeds.max))
+        return self.seed_list
 
     @property
     def base_config(self) -> RunConfig:
@@ -460,14 +493,29 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             f"{source}: invalid value for 'seeds': a count 1..{MAX_SEEDS} (seeds 0..count-1) "
             f"or a list of seeds (got {study.seeds})"
         )
-    distinct = isinstance(study.seeds, int) or len(set(study.seeds)) == len(study.seeds)
+    distinct = not isinstance(study.seeds, list) or len(set(study.seeds)) == len(study.seeds)
     if isinstance(study.seeds, list) and not (distinct and 1 <= len(study.seeds) <= MAX_SEEDS):
         raise ConfigError(
             f"{source}: invalid value for 'seeds': a non-empty list of at most {MAX_SEEDS} "
             "distinct seeds"
         )
-    for seed in study.seed_list:
+    for seed in study.all_seeds:
         make_run_config({**study.base, "seed": seed}, f"{source}: seeds")
+    if study.adaptive and study.multi_objective:
+        raise ConfigError(
+            f"{source}: adaptive seeds race configurations against the best in one objective; "
+            "a study with several objectives needs a fixed count or list of seeds"
+        )
+    if study.adaptive and study.pruner.type != "none":
+        raise ConfigError(
+            f"{source}: adaptive seeds decide by whole runs, so a pruner cannot stop them "
+            f"(set pruner: {{type: none}}, or give a count or list of seeds)"
+        )
+    if study.adaptive and study.sampler != "grid":
+        raise ConfigError(
+            f"{source}: adaptive seeds (seeds: {{min, max, resolution}}) work with sampler "
+            f"'grid'; a search ('{study.sampler}') takes a count or a list of seeds"
+        )
     neurons = _study_neurons(study, source)
     allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)
     for key, values in study.space.items():
@@ -522,7 +570,7 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
     checked = study.model_copy(update={"space": space})
     if study.sampler == "grid":  # every run the study will train, before any store is opened
         for point in checked.grid():
-            for seed in checked.seed_list:
+            for seed in checked.all_seeds:
                 checked.run_config(point, seed, f"{source}: grid point {point}, seed {seed}")
     return checked
 
@@ -566,6 +614,20 @@ def _format_study_error(err: ValidationError, source: str, single_objective: boo
         # found wrong, not that it is no list.
         member = "Choices" if "choices" in first["input"] else "Range"
         first = next((e for e in errors if member in e["loc"]), first)
+    if first["loc"][:1] == ("seeds",):
+        if not isinstance(first["input"], dict):
+            return (
+                f"{source}: invalid value for 'seeds': a count, a list of seeds, or "
+                f"{{min, max, resolution}} for adaptive seeds (got {first['input']!r})"
+            )
+        first = next((e for e in errors if "AdaptiveSeeds" in str(e["loc"])), first)
+        loc = ["seeds", *(str(part) for part in first["loc"][2:])]
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            return f"{source}: unknown key '{'.'.join(loc)}' (adaptive seeds: min, max, resolution)"
+        if first["type"] == "missing":
+            return f"{source}: missing key '{'.'.join(loc)}' (adaptive seeds: min, max, resolution)"
+        return f"{source}: invalid value for '{'.'.join(loc)}': {message}"
     loc = [str(part) for part in first["loc"]]
     # pydantic reports a union member's name in the location; drop it for the reader.
     loc = [

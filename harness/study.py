@@ -33,7 +33,7 @@ from mlflow.tracking import MlflowClient
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from harness import data, efficiency, interrupt
+from harness import data, efficiency, interrupt, seed_rounds, stats
 from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig, comparable_dump
 from harness.metrics import METRICS
 from harness.stores import Stores
@@ -59,6 +59,10 @@ OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | inte
 FAILED_TAG = "harness.trial_failed"  # on the MLflow runs of a trial that did not settle
 MUTABLE_STUDY_KEYS = ("description", "n_trials")  # may change in a study file between runs
 MAX_DRAWS = 100  # a search gives up after this many draws in a row of configurations it had
+EXTENDS = "extends"  # user attr of a seed-round trial: its configuration's first trial
+ROUND_SEED = "round_seed"  # user attr of a seed-round trial: the one seed it trains
+STOPPED_TAG = "harness.stopped"  # on a parent run, once the seed rounds are over: why
+WAIT_SECONDS = float(os.environ.get("HARNESS_WAIT_SECONDS", "2"))  # polling for other workers
 
 
 class TrialTaken(Exception):  # noqa: N818 (a signal, not an error)
@@ -305,11 +309,18 @@ def _skip(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
     study.tell(trial, state=TrialState.FAIL)
 
 
-def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None:
+def _next_trial(
+    study: optuna.Study, config: StudyConfig, client: MlflowClient | None = None
+) -> optuna.Trial | None:
     """The next trial this worker should run, or None when the study needs nothing more."""
     if config.sampler == "grid":
         while study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             trial = study.ask()
+            if EXTENDS in trial.user_attrs:  # a seed round's trial, queued by any worker
+                if _round_item_free(study, trial):
+                    return trial
+                _skip(study, trial, "another worker took this seed first")
+                continue
             point = trial.user_attrs.get("grid_point")
             others = [
                 t
@@ -321,7 +332,7 @@ def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None
             if point is not None and not others:
                 return trial
             _skip(study, trial, "another worker took this grid point first")
-        return None
+        return _next_round_trial(study, config, client) if config.adaptive else None
     for _ in range(MAX_DRAWS):
         if len(settled_trials(study)) >= (config.n_trials or 0):
             return None
@@ -342,6 +353,110 @@ def _next_trial(study: optuna.Study, config: StudyConfig) -> optuna.Trial | None
         _skip(study, trial, "a configuration already tried")
     print(f"no new configuration in {MAX_DRAWS} draws: the space looks exhausted", flush=True)
     return None
+
+
+def _round_item(trial: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
+    """(configuration, seed) of a seed-round trial, None for a configuration's first trial."""
+    if EXTENDS not in trial.user_attrs:
+        return None
+    return grid_key(trial.params), int(trial.user_attrs[ROUND_SEED])
+
+
+def _round_item_free(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Is no other trial training, or done with, this seed-round trial's seed (the lowest
+    trial number wins a race between workers)?"""
+    item = (grid_key(trial.params), int(trial.user_attrs[ROUND_SEED]))
+    return not any(
+        _round_item(t) == item
+        and (settled(t) or (t.state == TrialState.RUNNING and t.number < trial.number))
+        for t in study.get_trials(deepcopy=False)
+        if t.number != trial.number
+    )
+
+
+def configurations(
+    study: optuna.Study, config: StudyConfig
+) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    """The settled trials of each configuration (by `grid_key` of its params): its first
+    trial, then its seed-round trials in order."""
+    grouped: dict[str, list[optuna.trial.FrozenTrial]] = {}
+    for trial in sorted(settled_trials(study), key=lambda t: (EXTENDS in t.user_attrs, t.number)):
+        grouped.setdefault(grid_key(trial.params), []).append(trial)
+    return grouped
+
+
+def configuration_runs(trials: list[optuna.trial.FrozenTrial]) -> list[dict[str, Any]]:
+    """The runs of a configuration's settled trials, in seed order."""
+    runs = [run for trial in trials for run in trial.user_attrs.get("runs", [])]
+    return sorted(runs, key=lambda run: int(run["seed"]))
+
+
+def round_plan(study: optuna.Study, config: StudyConfig) -> seed_rounds.Plan | None:
+    """Where an adaptive study's seed rounds stand, from the settled trials (None for a study
+    with a fixed set of seeds). Configurations whose first trial did not finish (pruned,
+    diverged) and those with a seed that did not finish leave the race."""
+    if config.adaptive is None:
+        return None
+    metric = config.objective.metric
+    values: dict[str, dict[int, float]] = {}
+    for label, trials in configurations(study, config).items():
+        runs = configuration_runs(trials)
+        if trials[0].state != TrialState.COMPLETE or any(
+            r.get("status") != "finished" for r in runs
+        ):
+            continue
+        values[label] = {int(r["seed"]): float(r[metric]) for r in runs if metric in r}
+    return seed_rounds.plan(values, config.adaptive, config.objective.direction)
+
+
+def _next_round_trial(
+    study: optuna.Study, config: StudyConfig, client: MlflowClient | None
+) -> optuna.Trial | None:
+    """The next seed of the seed rounds for this worker: queued and taken as a trial of its
+    configuration's params. Waits while other workers train what the next round depends on
+    (a trial of a dead worker is failed and its work queued again); None when the rounds are
+    over."""
+    while True:
+        interrupt.check()
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return _next_trial(study, config, client)
+        if client is not None and fail_stale_trials(study, client):
+            enqueue_grid(study, config)
+            continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if any(_round_item(t) is None for t in running):  # a first trial: rounds need it
+            time.sleep(WAIT_SECONDS)
+            continue
+        plan = round_plan(study, config)
+        if plan is None or plan.done:
+            return None
+        taken = {item for t in running if (item := _round_item(t))}
+        free = [
+            (label, seed)
+            for label, missing in plan.pending.items()
+            for seed in missing
+            if (label, seed) not in taken
+        ]
+        if not free:  # every seed of this round is being trained by another worker
+            time.sleep(WAIT_SECONDS)
+            continue
+        label, seed = free[0]
+        first = configurations(study, config)[label][0]
+        study.enqueue_trial(first.params, user_attrs={EXTENDS: first.number, ROUND_SEED: seed})
+
+
+def tag_stopped(study: optuna.Study, config: StudyConfig, client: MlflowClient) -> None:
+    """Once the seed rounds are over, tell each configuration's parent run how many seeds it
+    got and why it stopped (idempotent: every worker that sees the end may write it)."""
+    plan = round_plan(study, config)
+    if plan is None or not plan.done:
+        return
+    for label, trials in configurations(study, config).items():
+        parent = trials[0].user_attrs.get("mlflow_parent_run_id")
+        reason = plan.stopped.get(label)
+        if parent is not None and reason is not None:
+            client.set_tag(parent, STOPPED_TAG, reason)
+            client.set_tag(parent, "harness.seeds", str(plan.targets[label]))
 
 
 class _Heartbeat:
@@ -462,7 +577,13 @@ def run_trial(
     logger: RunLogger | None = None
     parent: str | None = None
     commit = git_commit()
-    first = config.run_config(params, config.seed_list[0])
+    first_trial = None  # of the configuration, for a trial of the seed rounds
+    shared: str | None = None  # then its parent run, which that first trial owns
+    seeds = config.seed_list
+    if EXTENDS in trial.user_attrs:
+        first_trial = study.trials[int(trial.user_attrs[EXTENDS])]
+        seeds = [int(trial.user_attrs[ROUND_SEED])]
+    first = config.run_config(params, seeds[0])
     try:
         dataset = load_dataset(first.dataset)  # the seeds of one configuration share it
         tags = {
@@ -479,22 +600,25 @@ def run_trial(
             "optuna.study": study.study_name,
             "optuna.trial_number": trial.number,
         }
-        parent = start_parent_run(
-            client,
-            experiment,
-            f"{config.name}/t{trial.number:03d} {_params_text(params)}",
-            tags,
-            {k: v for k, v in first.model_dump().items() if k != "seed"},
-            _inputs(_subset(dataset, first)),
-        )
-        trial.set_user_attr("mlflow_parent_run_id", parent)
+        if first_trial is None:
+            parent = start_parent_run(
+                client,
+                experiment,
+                f"{config.name}/t{trial.number:03d} {_params_text(params)}",
+                tags,
+                {k: v for k, v in first.model_dump().items() if k != "seed"},
+                _inputs(_subset(dataset, first)),
+            )
+            trial.set_user_attr("mlflow_parent_run_id", parent)
+        else:  # the seed joins its configuration's parent run (another trial's)
+            shared = first_trial.user_attrs["mlflow_parent_run_id"]
         with _Heartbeat(study, trial) as heartbeat:
-            for index, seed in enumerate(config.seed_list):
+            for index, seed in enumerate(seeds):
                 interrupt.check()
                 if heartbeat.taken.is_set():
                     raise TrialTaken
                 if seed in reusable:
-                    _adopt(client, reusable[seed], trial, config.name, parent)
+                    _adopt(client, reusable[seed], trial, config.name, parent or shared)
                     runs.append(reusable[seed])
                     run_ids.append(reusable[seed]["run_id"])
                     trial.set_user_attr("mlflow_run_ids", run_ids)
@@ -507,7 +631,7 @@ def run_trial(
                     experiment,
                     f"{config.name}/t{trial.number:03d}/s{seed}",
                     {**tags, "harness.seed": seed},
-                    parent_run_id=parent,
+                    parent_run_id=parent or shared,
                 )
                 run_ids.append(logger.run_id)
                 trial.set_user_attr("mlflow_run_ids", run_ids)
@@ -533,11 +657,17 @@ def run_trial(
                     trial.set_user_attr(OUTCOME, result.status)
                     trial.set_user_attr("message", result.message)
                     state = TrialState.PRUNED if result.status == "pruned" else TrialState.FAIL
-                    finish_parent_run(client, parent, runs, result.status, result.message)
+                    if parent is not None:
+                        finish_parent_run(client, parent, runs, result.status, result.message)
+                    else:
+                        _update_shared_parent(study, config, client, shared, trial, runs)
                     study.tell(trial, state=state)
                     return
             trial.set_user_attr(OUTCOME, "finished")
-            finish_parent_run(client, parent, runs, "finished")
+            if parent is not None:
+                finish_parent_run(client, parent, runs, "finished")
+            else:
+                _update_shared_parent(study, config, client, shared, trial, runs)
             values = [statistics.fmean(run[name] for run in runs) for name in config.metric_names]
             study.tell(trial, values if config.multi_objective else values[0])
     except (TrialTaken, UpdateFinishedTrialError):
@@ -558,6 +688,20 @@ def run_trial(
         _best_effort(trial.set_user_attr, "message", message[:1000])
         _best_effort(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
+
+
+def _update_shared_parent(
+    study: optuna.Study,
+    config: StudyConfig,
+    client: MlflowClient,
+    parent: str,
+    trial: optuna.Trial,
+    runs: list[dict[str, Any]],
+) -> None:
+    """A seed round's runs join their configuration's parent run: its means and sds over
+    every finished seed of the configuration, this trial's included."""
+    earlier = configurations(study, config).get(grid_key(trial.params), [])
+    finish_parent_run(client, parent, configuration_runs(earlier) + runs, "finished")
 
 
 def _inputs(split: data.Dataset) -> list[Any]:
@@ -629,7 +773,7 @@ def run_study(
     done = 0
     while max_trials is None or done < max_trials:
         interrupt.check()
-        trial = _next_trial(study, config)
+        trial = _next_trial(study, config, client)
         if trial is None:
             break
         start = time.perf_counter()
@@ -638,12 +782,16 @@ def run_study(
         frozen = study.trials[trial.number]
         print(_trial_line(config, frozen, time.perf_counter() - start), flush=True)
     interrupt.check()
+    if config.adaptive is not None and (max_trials is None or done < max_trials):
+        tag_stopped(study, config, client)
     return study
 
 
 def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: float) -> str:
     outcome = trial.user_attrs.get(OUTCOME, trial.state.name.lower())
     head = f"trial {trial.number:3d} {_params_text(trial.params)}"
+    if EXTENDS in trial.user_attrs:
+        head += f" seed {trial.user_attrs[ROUND_SEED]} (seed round)"
     if trial.state == TrialState.COMPLETE and config.multi_objective:
         return f"{head}: {_values_text(config, trial.values)} ({seconds:.1f} s)"
     if trial.state == TrialState.COMPLETE:
@@ -690,16 +838,25 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any]]:
-    """One row per settled configuration: its params and seed statistics."""
+    """One row per settled configuration (its first trial's number, params and outcome, the
+    statistics over all its seeds, seed rounds included) and, with one objective, the
+    configuration against the best in it (`stats.vs_best`: paired where seeds match)."""
+    plan = round_plan(study, config)
     rows = []
-    for trial in settled_trials(study):
-        runs = [r for r in trial.user_attrs.get("runs", []) if "test_accuracy" in r]
+    for label, trials in configurations(study, config).items():
+        first = trials[0]
+        runs = [r for r in configuration_runs(trials) if "test_accuracy" in r]
+        finished = [r for r in runs if r.get("status", "finished") == "finished"]
+        metric = config.objective.metric
         rows.append(
             {
-                "trial": trial.number,
-                "params": trial.params,
-                "outcome": trial.user_attrs.get(OUTCOME, trial.state.name.lower()),
+                "trial": first.number,
+                "label": label,
+                "params": first.params,
+                "outcome": first.user_attrs.get(OUTCOME, first.state.name.lower()),
                 "seeds": len(runs),
+                "stopped": plan.stopped.get(label, "") if plan is not None else "",
+                "by_seed": {int(r["seed"]): float(r[metric]) for r in finished if metric in r},
                 "test_accuracy": _mean_sd([r["test_accuracy"] for r in runs]),
                 "test_loss": _mean_sd([r["test_loss"] for r in runs]),
                 "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
@@ -709,7 +866,21 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
                 },
             }
         )
+    _add_vs_best(rows, config)
     return rows
+
+
+def _add_vs_best(rows: list[dict[str, Any]], config: StudyConfig) -> None:
+    """Each row's `vs_best` (stats.vs_best's columns) and `best` flag, in the objective."""
+    scored = {r["label"]: r["by_seed"] for r in rows if r["by_seed"]}
+    if config.multi_objective or not scored:
+        return
+    sign = 1 if config.objective.direction == "maximize" else -1
+    best = max(scored, key=lambda label: sign * statistics.fmean(scored[label].values()))
+    versus = stats.vs_best(scored, best, config.objective.direction)
+    for row in rows:
+        row["best"] = row["label"] == best
+        row["vs_best"] = versus.get(row["label"])
 
 
 def _mark_pareto(
@@ -735,15 +906,23 @@ def _mark_pareto(
 
 
 def format_table(study: optuna.Study, config: StudyConfig) -> str:
-    """The end-of-study table: configuration, mean and sd over seeds, time."""
+    """The end-of-study table: configuration, seeds (and why they stopped, with adaptive
+    seeds), mean and sd over seeds, time, and each configuration against the best (the
+    difference, Holm-adjusted p and verdict of a paired test where the seeds match)."""
     rows = summary_rows(study, config)
     if not rows:
         return "no finished configurations yet"
     width = max(len(_params_text(r["params"])) for r in rows)
     extra, extras = efficiency.table_columns([r["efficiency"] for r in rows])  # where they vary
+    adaptive = config.adaptive is not None
+    versus = any(r.get("vs_best") for r in rows) and max(len(r["by_seed"]) for r in rows) > 1
     lines = [
         f"{'trial':>5}  {'configuration':<{width}}  {'outcome':<9}{'seeds':>5}"
-        f"{'test accuracy':>20}{'test loss':>20}{'s/run':>8}{extra}"
+        + (f"  {'stopped':<10}" if adaptive else "")
+        + f"{'test accuracy':>20}{'test loss':>20}{'s/run':>8}"
+        + (f"{'vs best':>10}{'p (Holm)':>10}" if versus else "")
+        + extra
+        + ("  verdict" if versus else "")
     ]
     for r, more in zip(rows, extras, strict=True):
         cells = [
@@ -751,17 +930,50 @@ def format_table(study: optuna.Study, config: StudyConfig) -> str:
             for mean, sd in (r["test_accuracy"], r["test_loss"])
         ]
         seconds = "-" if math.isnan(r["train_seconds"]) else f"{r['train_seconds']:.1f}"
-        lines.append(
+        line = (
             f"{r['trial']:>5}  {_params_text(r['params']):<{width}}  {r['outcome']:<9}"
-            f"{r['seeds']:>5}{cells[0]:>20}{cells[1]:>20}{seconds:>8}{more}"
+            f"{r['seeds']:>5}" + (f"  {r['stopped'] or '-':<10}" if adaptive else "")
         )
+        line += f"{cells[0]:>20}{cells[1]:>20}{seconds:>8}"
+        if versus:
+            v = r.get("vs_best") or {}
+            difference, p = v.get("diff_vs_best", math.nan), v.get("p_holm", math.nan)
+            line += f"{'-' if math.isnan(difference) else f'{difference:+.4f}':>10}"
+            line += f"{'-' if math.isnan(p) else f'{p:.3f}':>10}"
+        line += more + (f"  {(r.get('vs_best') or {}).get('verdict', '-')}" if versus else "")
+        lines.append(line)
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if complete and config.multi_objective:  # a front, not one best: marked, then listed
         return "\n".join(_mark_pareto(lines, rows, study, config))
-    if complete:
-        best = study.best_trial
-        metric = config.objective.metric
+    best = [r for r in rows if r.get("best")]
+    if best:
+        row, metric = best[0], config.objective.metric
+        mean = statistics.fmean(row["by_seed"].values())
         lines.append(
-            f"best: trial {best.number} {_params_text(best.params)} {metric} {best.value:.4f}"
+            f"best: trial {row['trial']} {_params_text(row['params'])} {metric} {mean:.4f} "
+            f"(mean of {len(row['by_seed'])} seeds)"
         )
+        lines += _versus_notes(rows, config)
     return "\n".join(lines)
+
+
+def _versus_notes(rows: list[dict[str, Any]], config: StudyConfig) -> list[str]:
+    """How to read the table's "vs best" columns: the tests, the family size, the power."""
+    others = [r["vs_best"] for r in rows if r.get("vs_best") and not r.get("best")]
+    if not others:
+        return []
+    tests = sorted({v["test"] for v in others})
+    lines = [
+        f"vs best: {config.objective.metric} minus the best's, "
+        + "; ".join(stats.TESTS[t] for t in tests)
+        + f"; p Holm-adjusted over {len(others)} comparisons, verdicts at alpha {stats.ALPHA}; "
+        f"'no difference > x': x is the smallest difference the test had "
+        f"{stats.POWER:.0%} power to detect"
+    ]
+    pairs = [v["pairs"] for v in others if v["test"] == "paired"]
+    warning = stats.small_n_warning(min(pairs)) if pairs else None
+    if warning:
+        lines.append(f"note: {warning}")
+    if config.adaptive is not None:
+        lines.append("stopped: " + "; ".join(f"{k}: {v}" for k, v in seed_rounds.REASONS.items()))
+    return lines

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from scipy import stats
+from statsmodels.stats.power import TTestPower
 
 from harness.cli import main
 from harness.config import load_study
@@ -155,8 +156,9 @@ def _welch_by_hand(a: list[float], b: list[float], confidence: float = 0.95) -> 
 
 
 def test_a_significant_difference_has_the_hand_computed_p_and_interval(stores, capsys):
-    document = _ab(stores, capsys)
+    document = _ab(stores, capsys, "--unpaired")
     row = _by_config(document)["beta=0.8"]
+    assert row["test"] == "welch" and document["test"].startswith("Welch's t-test (--unpaired)")
     a, b = [0.90, 0.91, 0.92], [0.95, 0.965, 0.935]  # unequal spreads: Welch is not pooled
     hand = _welch_by_hand(a, b)
     assert row["a"]["values"] == a and row["b"]["values"] == b
@@ -168,6 +170,8 @@ def test_a_significant_difference_has_the_hand_computed_p_and_interval(stores, c
     assert row["p"] == pytest.approx(hand["p"], rel=1e-9)
     assert row["p"] == pytest.approx(0.0237461, rel=1e-5)  # pooled variances: 0.0184
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(hand["ci"], rel=1e-9)
+    # Holm over the two configurations with a p (beta 0.9: 0.496): 2 x 0.0237 < 0.05
+    assert row["p_holm"] == pytest.approx(2 * hand["p"], rel=1e-9)
     assert row["verdict"] == "better"
     assert document["metric"] == "test_accuracy" and document["direction"] == "maximize"
     assert document["alpha"] == 0.05 and document["confidence"] == pytest.approx(0.95)
@@ -177,7 +181,7 @@ def test_a_significant_difference_has_the_hand_computed_p_and_interval(stores, c
 
 
 def test_an_insignificant_difference_and_too_few_seeds(stores, capsys):
-    rows = _by_config(_ab(stores, capsys))
+    rows = _by_config(_ab(stores, capsys, "--unpaired"))
     same = rows["beta=0.9"]
     hand = _welch_by_hand([0.93, 0.94, 0.95], [0.95, 0.93, 0.97])
     assert same["difference"] == pytest.approx(0.01)
@@ -202,11 +206,10 @@ def test_a_configuration_of_one_study_only_is_listed(stores, capsys):
     }  # fmt: skip
     assert rows["beta=0.99"]["verdict"] == "only in B" and rows["beta=0.99"]["b"]["n"] == 3
     assert document["counts"] == {
-        "better": 1, "no significant difference": 1, "too few seeds": 1,
-        "only in A": 1, "only in B": 1,
+        "no significant difference": 2, "too few seeds": 1, "only in A": 1, "only in B": 1,
     }  # fmt: skip
     assert document["summary"] == (
-        "B better in 1, worse in 0, no significant difference in 1, too few seeds in 1 of 3 "
+        "B better in 0, worse in 0, no significant difference in 2, too few seeds in 1 of 3 "
         "configurations in both studies at alpha 0.05; 1 only in A, 1 only in B"
     )
     assert document["matched_on"] == ["beta"]
@@ -223,17 +226,34 @@ def test_terminal_table_says_the_level_and_the_verdicts(stores, capsys):
     assert "settings that differ (A | B): backend fused | reference" in lines
     assert (
         "test_accuracy (higher is better), B - A per configuration matched on beta: "
-        "Welch's t-test, 95 % CI, alpha 0.05"
+        "paired t-test over common seeds (Welch's where fewer than 2 are common), 95 % CI, "
+        "alpha 0.05"
     ) in lines
     row = next(line for line in lines if line.startswith("beta=0.8 "))
+    differences = np.array([0.95, 0.965, 0.935]) - np.array([0.90, 0.91, 0.92])
+    paired = stats.ttest_rel([0.95, 0.965, 0.935], [0.90, 0.91, 0.92])
+    low, high = paired.confidence_interval(0.95)
+    other = stats.ttest_rel([0.95, 0.93, 0.97], [0.93, 0.94, 0.95]).pvalue  # beta 0.9: 0.42
+    holm = 2 * paired.pvalue  # Holm: the smaller of 2 p-values times 2
+    assert paired.pvalue < other
+    mde = TTestPower().solve_power(nobs=3, alpha=0.05, power=0.8) * differences.std(ddof=1)
     assert row.split() == [
-        "beta=0.8", "3", "0.9100", "±", "0.0100", "3", "0.9500", "±", "0.0150", "+0.0400",
-        "[+0.0093,", "+0.0707]", "0.0237", "better",
+        "beta=0.8", "3", "0.9100", "±", "0.0100", "3", "0.9500", "±", "0.0150", "paired",
+        "(3)", "+0.0400", f"[{low:+.4f},", f"{high:+.4f}]", f"{paired.pvalue:.4f}",
+        f"{holm:.4f}", f"{mde:.4f}", "no", "significant", "difference",
     ]  # fmt: skip
     only = next(line for line in lines if line.startswith("beta=0.99 "))
     assert only.split()[1:3] == ["0", "-"] and only.endswith("only in B")
-    assert lines[-2].startswith("B better in 1, worse in 0")
+    assert lines[-2].startswith("B better in 0, worse in 0, no significant difference in 2")
     assert lines[-1] == f"page: {stores / 'reports' / 'compare-alpha-vs-bravo' / 'index.html'}"
+    code, out, _ = _compare(
+        stores, capsys, str(stores / "alpha.yaml"), str(stores / "bravo.yaml"),
+        "--output-dir", str(stores / "one"), "--unpaired",
+    )  # fmt: skip
+    row = next(line for line in out.splitlines() if line.startswith("beta=0.8 "))
+    assert row.split()[9:16] == ["welch", "+0.0400", "[+0.0093,", "+0.0707]", "0.0237",
+                                 "0.0475", row.split()[15]]  # fmt: skip
+    assert row.endswith("better") and "compare-alpha-vs-bravo-unpaired" in out
 
 
 def test_lower_is_better_for_loss_and_time_and_alpha_changes_the_verdict(stores, capsys):
@@ -249,7 +269,7 @@ def test_lower_is_better_for_loss_and_time_and_alpha_changes_the_verdict(stores,
     assert _by_config(rates)["beta=0.8"]["difference"] == pytest.approx(0.95 / 2 - 0.91 / 4)
     assert [c["verdict"] for c in rates["configurations"]][1:3] == ["higher", "higher"]
     assert rates["summary"].startswith("B higher in 2, lower in 0,")
-    strict = _ab(stores, capsys, "--alpha", "0.001")
+    strict = _ab(stores, capsys, "--alpha", "0.001", "--unpaired")
     assert strict["confidence"] == pytest.approx(0.999)
     row = _by_config(strict)["beta=0.8"]
     assert row["p"] == pytest.approx(0.0237461, rel=1e-5)
@@ -271,15 +291,15 @@ def test_the_page_lists_the_configurations(stores, capsys):
     ]
     assert rows[0][:3] == ["configuration", "n A", "A mean ± sd"] and "95 % CI" in rows[0]
     assert [(r[0], r[-1]) for r in rows[1:]] == [
-        ("beta=0.5", "too few seeds"), ("beta=0.8", "better"),
+        ("beta=0.5", "too few seeds"), ("beta=0.8", "no significant difference"),
         ("beta=0.9", "no significant difference"), ("beta=0.95", "only in A"),
         ("beta=0.99", "only in B"),
     ]  # fmt: skip
-    assert "alpha 0.05" in body and "B better in 1, worse in 0" in body
+    assert "alpha 0.05" in body and "B better in 0, worse in 0" in body
     assert '<img src="comparison.png"' in body
     assert (folder / "comparison.png").stat().st_size > 10_000
     saved = json.loads((folder / "comparison.json").read_text())
-    assert saved["counts"]["better"] == 1
+    assert saved["counts"]["no significant difference"] == 2
     assert "comparison.csv" in body and (folder / "comparison.csv").read_text().count("\n") == 6
     assert not list(folder.parent.glob(".compare-*"))  # staging folders are gone
 
@@ -299,7 +319,9 @@ def test_one_study_on_two_stores(stores, capsys):
     assert document["settings_differ"] == {"epochs": [1, 2]}
     assert str(stores / "two") in document["b"]["stores"]
     rows = _by_config(document)
-    assert rows["beta=0.8"]["verdict"] == "better" and rows["beta=0.99"]["verdict"] == "only in B"
+    assert rows["beta=0.8"]["test"] == "paired"  # the same seeds on both stores
+    assert rows["beta=0.8"]["verdict"] == "no significant difference"
+    assert rows["beta=0.99"]["verdict"] == "only in B"
     assert (stores / "reports" / "compare-alpha-vs-alpha" / "index.html").exists()
 
 
@@ -378,9 +400,11 @@ def test_paired_pairs_runs_by_seed_with_the_hand_computed_test(stores, capsys):
     assert row["p"] == pytest.approx(2 * stats.t.sf(abs(t), 2))
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean - half, mean + half))
     assert row["verdict"] == "no significant difference"  # p = 0.086 here; Welch says better
-    assert rows["beta=0.5"]["pairs"] == 1 and rows["beta=0.5"]["verdict"] == "too few seeds"
+    assert rows["beta=0.5"]["test"] == "welch"  # one common seed: nothing to pair
+    assert rows["beta=0.5"]["verdict"] == "too few seeds"
     code, out, _ = _compare(
         stores, capsys, str(stores / "alpha.yaml"), str(stores / "bravo.yaml"),
         "--output-dir", str(stores / "one"), "--paired",
     )  # fmt: skip
-    assert code == 0 and "paired t-test over common seeds, 95 % CI" in out
+    assert code == 0 and "paired t-test over common seeds (Welch's where fewer" in out
+    assert _ab(stores, capsys) == document | {"page": document["page"]}  # --paired: the default

@@ -158,3 +158,17 @@ def test_index_of_odd_folders(tmp_path):
         "other": "other/index.html",
     }  # fmt: skip
     assert all(set(row) == {"study", "href"} for row in rows.values())
+
+
+def test_index_reads_summaries_of_format_1_and_2(tmp_path):
+    """Format 2 added `comparisons`; a report written by the version before still lists."""
+    best = {"config": "beta=0.9", "mean": 0.94, "sd": 0.01, "seeds": 3}
+    for name, extra in (("one", {"format": 1}), ("two", {"format": 2, "comparisons": []})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text("<html></html>")
+        record = {"name": name, "description": name, "objective": {"metric": "test_accuracy"},
+                  "best": best, "configurations": 2, **extra}  # fmt: skip
+        (tmp_path / name / "summary.json").write_text(json.dumps(record))
+    rows = _rows(write_index(tmp_path))
+    for name in ("one", "two"):
+        assert "0.9400 ± 0.0100 (3 seeds)" in " ".join(rows[name].values())

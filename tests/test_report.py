@@ -1,6 +1,7 @@
 """Reports from a tiny real study: numbers equal MLflow's, the PDF, the page in Chromium."""
 
 import html
+import json
 import re
 import statistics
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pypdf import PdfReader
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from harness.cli import main
 from harness.config import load_study
@@ -36,9 +39,10 @@ def tiny_study(tmp_path_factory, mnist_dir):
     return config, stores, page
 
 
-def _table(page: Path) -> list[list[str]]:
+def _table(page: Path, name: str = "configurations") -> list[list[str]]:
     body = page.read_text()
-    table = body[body.index('<table id="configurations">') : body.index("</table>")]
+    start = body.index(f'<table id="{name}">')
+    table = body[start : body.index("</table>", start)]
     rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
     return [[html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)] for r in rows]
 
@@ -49,7 +53,7 @@ def test_table_numbers_equal_what_mlflow_holds(tiny_study):
     runs = seed_runs(client, "tiny")
     assert len(runs) == 14
     header, *rows = _table(page)
-    assert header[:4] == ["configuration", "seeds", "p vs best", "test accuracy"]
+    assert header[:4] == ["configuration", "seeds", "vs best", "test accuracy"]
     assert len(rows) == 7
     accuracies = {}
     for row in rows:
@@ -69,9 +73,60 @@ def test_table_numbers_equal_what_mlflow_holds(tiny_study):
         )
         assert row[6].startswith(f"{statistics.mean(loss):.3f} ± {statistics.stdev(loss):.3f}")
     best = max(accuracies, key=lambda label: statistics.mean(accuracies[label]))
-    for row in rows:  # Welch's t-test against the best configuration
-        expected = stats.ttest_ind(accuracies[row[0]], accuracies[best], equal_var=False).pvalue
-        assert row[2] == ("best" if row[0] == best else f"{expected:.3f}")
+    assert [row[2] for row in rows if row[0] == best] == ["best"]
+
+
+def test_paired_test_against_the_best_by_default(tiny_study):
+    """The configurations share seeds 0 and 1: each is compared with the best seed by seed,
+    and p, its Holm adjustment, the CI and the minimum detectable effect equal scipy's and
+    statsmodels' on the per-seed accuracies MLflow holds."""
+    config, stores, page = tiny_study
+    by_config: dict[str, dict[int, float]] = {}
+    for run in seed_runs(MlflowClient(stores.tracking_uri), "tiny"):
+        p = run.data.params
+        label = f"beta={p['beta']}, decoding={p['decoding']}, num_steps={p['num_steps']}"
+        by_config.setdefault(label, {})[int(p["seed"])] = run.data.metrics["test_accuracy"]
+    best = max(by_config, key=lambda label: statistics.mean(by_config[label].values()))
+    header, *rows = _table(page, "versus")
+    assert header == ["configuration", "test", "n", "difference vs best", "95 % CI", "p",
+                      "p (Holm)", "MDE", "verdict"]  # fmt: skip
+    assert rows[0][0] == best and rows[0][-1] == "best"
+    others = [label for label in by_config if label != best]
+    expected = {}
+    for label in others:
+        a = [by_config[best][s] for s in (0, 1)]
+        b = [by_config[label][s] for s in (0, 1)]
+        result = stats.ttest_rel(b, a)
+        low, high = result.confidence_interval(0.95)
+        sd = statistics.stdev(x - y for x, y in zip(b, a, strict=True))
+        mde = TTestPower().solve_power(nobs=2, alpha=0.05, power=0.8) * sd
+        expected[label] = (statistics.mean(b) - statistics.mean(a), low, high, result.pvalue, mde)
+    holm = dict(zip(others, multipletests([expected[k][3] for k in others], method="holm")[1],
+                    strict=True))  # fmt: skip
+    assert sorted(row[0] for row in rows[1:]) == sorted(others)
+    for row in rows[1:]:
+        difference, low, high, p, mde = expected[row[0]]
+        assert row[1:3] == ["paired", "2"]
+        assert row[3] == f"{difference:+.4f}"
+        assert row[4] == f"[{low:+.4f}, {high:+.4f}]"
+        assert row[5] == (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
+        assert row[6] == (f"{holm[row[0]]:.3f}" if holm[row[0]] >= 1e-3 else f"{holm[row[0]]:.1e}")
+        assert row[7] == f"{mde:.4f}"
+        verdict = "worse" if holm[row[0]] < 0.05 else f"no difference > {mde:.4g} detected"
+        assert row[8] == verdict
+    assert "2 seeds: no exact sign-flip or Wilcoxon test can reach p &lt; 0.05" in page.read_text()
+    record = json.loads((page.parent / "summary.json").read_text())
+    assert record["format"] == 2
+    entries = {c["config"]: c for c in record["comparisons"]}
+    assert sorted(entries) == sorted(others)
+    for label, entry in entries.items():
+        difference, low, high, p, mde = expected[label]
+        assert entry["test"] == "paired" and entry["seeds"] == 2 and entry["pairs"] == 2
+        assert entry["diff_vs_best"] == pytest.approx(difference, abs=1e-12)
+        assert entry["ci95"] == pytest.approx([low, high], abs=1e-12)
+        assert entry["p"] == pytest.approx(p, rel=1e-9)
+        assert entry["p_holm"] == pytest.approx(holm[label], rel=1e-9)
+        assert entry["mde"] == pytest.approx(mde, rel=1e-9)
 
 
 def test_page_says_what_is_missing_and_escapes_user_text(tiny_study):
@@ -89,9 +144,10 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
     assert {"accuracy_vs_beta", "accuracy_vs_decoding", "accuracy_vs_num_steps", "loss_curves",
             "heatmap_beta_decoding", "rate_vs_latency"} <= set(figures)  # fmt: skip
     reader = PdfReader(page.parent / "report.pdf")
-    assert len(reader.pages) == 1 + len(figures)
+    assert len(reader.pages) == 1 + 2 + len(figures)  # summary, two tables, figures
     assert "Study tiny" in reader.pages[0].extract_text()
-    titles = [reader.pages[i].extract_text() for i in range(1, len(reader.pages))]
+    assert "difference vs best" in reader.pages[2].extract_text()
+    titles = [reader.pages[i].extract_text() for i in range(3, len(reader.pages))]
     assert any("Train and test loss curves" in t for t in titles)
     assert any("Rate against latency decoding" in t for t in titles)
 

@@ -15,8 +15,9 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from scipy import stats
+from scipy.stats import t as student_t
 
+from harness import seed_rounds, stats
 from harness.config import Objective, StudyConfig
 from harness.study import grid_key, settled, settled_run_ids, settled_trials
 from harness.tracking import search_all_runs
@@ -157,9 +158,9 @@ def pareto_mask(table: pd.DataFrame, objectives: list[Objective], eligible=None)
 
 def configurations(data: StudyData) -> pd.DataFrame:
     """One row per configuration: mean, sd and 95 % confidence interval over its seeds, and
-    `p_vs_best`: Welch's t-test of its objective values against the best configuration's
-    (NaN for the best itself, or with fewer than 2 seeds on either side). With several
-    objectives, "best" is in the first one, and `pareto` marks the Pareto-optimal
+    its objective against the best configuration's (`vs_best`: the test used, the difference
+    with its CI, raw and Holm-adjusted p, the minimum detectable effect and a verdict). With
+    several objectives, "best" is in the first one, and `pareto` marks the Pareto-optimal
     configurations (among those whose trial completed: as the study's own front)."""
     finished = data.runs[data.runs["status"] == "finished"] if not data.runs.empty else data.runs
     if finished.empty:
@@ -175,7 +176,7 @@ def configurations(data: StudyData) -> pd.DataFrame:
             mean = float(values.mean()) if len(values) else math.nan
             sd = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             half = (
-                float(stats.t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
+                float(student_t.ppf(0.975, len(values) - 1) * sd / math.sqrt(len(values)))
                 if len(values) > 1
                 else math.nan
             )
@@ -185,16 +186,20 @@ def configurations(data: StudyData) -> pd.DataFrame:
     objective = data.config.objective
     column = f"{objective.metric}_mean"
     best = table.sort_values(column, ascending=objective.direction == "minimize").iloc[0]
-    values = {
-        label: group[objective.metric].dropna() for label, group in finished.groupby("config")
-    }
     table["best"] = table["config"] == best["config"]
-    table["p_vs_best"] = [
-        float(stats.ttest_ind(values[label], values[best["config"]], equal_var=False).pvalue)
-        if label != best["config"] and len(values[label]) > 1 and len(values[best["config"]]) > 1
-        else math.nan
-        for label in table["config"]
-    ]
+    by_seed = {
+        label: dict(zip(group["seed"], group[objective.metric], strict=True))
+        for label, group in finished.groupby("config", sort=False)
+    }
+    if data.config.adaptive is not None:  # how many seeds each got, and why no more
+        rounds = seed_rounds.plan(by_seed, data.config.adaptive, objective.direction)
+        table["stopped"] = [
+            rounds.stopped.get(label, "racing" if label in rounds.pending else "")
+            for label in table["config"]
+        ]
+    versus = stats.vs_best(by_seed, str(best["config"]), objective.direction)
+    for name in stats.VS_BEST_COLUMNS:
+        table[name] = [versus[label][name] for label in table["config"]]
     if data.config.multi_objective:
         eligible = None
         if data.study is not None:

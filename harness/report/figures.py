@@ -340,12 +340,94 @@ def _importances(study: optuna.Study, config: StudyConfig) -> pd.DataFrame:
     )
 
 
+def _slant(ax: plt.Axes, labels: list[str]) -> None:
+    """Slant the x labels where they would run into each other."""
+    if len(labels) > 4 or len(labels) * max(map(len, labels), default=0) > 60:
+        for label in ax.get_xticklabels():
+            label.set_rotation(25)
+            label.set_horizontalalignment("right")
+
+
+def seed_lines(data: StudyData) -> list[Figure]:
+    """The objective of every seed across the configurations, a line per seed: a seed that
+    sits low (or high) everywhere is the block that paired tests take out."""
+    metric = data.config.objective.metric
+    runs = data.runs[(data.runs["status"] == "finished") & data.runs[metric].notna()]
+    if data.config.sampler != "grid" or runs["seed"].nunique() < 2 or runs["config"].nunique() < 2:
+        return []
+    varied = data.varied
+    x = varied[0] if len(varied) == 1 and _numeric(runs[varied[0]]) else "config"
+    runs = runs.assign(seed=runs["seed"].astype(str))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * runs["config"].nunique() + 3), 4.2))
+    sns.lineplot(
+        runs, x=x, y=metric, hue="seed", units="seed", estimator=None, marker="o",
+        sort=True, ax=ax, palette="tab10" if runs["seed"].nunique() <= 10 else "viridis",
+    )  # fmt: skip
+    if x == "config":
+        _slant(ax, list(runs["config"].unique()))
+    ax.set_ylabel(_metric_label(metric))
+    ax.set_xlabel(x if x != "config" else "configuration")
+    legend = ax.get_legend()
+    if legend is not None:
+        legend.set_title("seed")
+        if runs["seed"].nunique() > 12:
+            legend.remove()
+    fig.tight_layout()
+    caption = (
+        f"{_metric_label(metric)} of each seed, one line per seed across the configurations. "
+        "A seed fixes the initial weights and the batch order in every configuration: lines "
+        "that run parallel show a seed effect shared by all configurations, which the paired "
+        "comparisons with the best remove."
+    )
+    return [Figure("seeds_across_configurations", "Each seed across the configurations",
+                   caption, fig)]  # fmt: skip
+
+
+def difference_vs_best(data: StudyData, table: pd.DataFrame) -> list[Figure]:
+    """Each configuration minus the best, with the confidence interval of its test."""
+    if table.empty or "diff_vs_best" not in table or table["diff_ci_low"].notna().sum() == 0:
+        return []
+    metric = data.config.objective.metric
+    others = table[~table["best"]]
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.8 * len(others) + 3), 4.2))
+    x = range(len(others))
+    for i, (_, row) in enumerate(others.iterrows()):
+        color = "C0" if row["test"] == "paired" else "C1"
+        low, high = (
+            row["diff_ci_low"] - row["diff_vs_best"],
+            row["diff_ci_high"] - row["diff_vs_best"],
+        )
+        ax.errorbar(i, row["diff_vs_best"], yerr=[[-low], [high]], fmt="o", color=color, capsize=4)
+    ax.axhline(0, color="0.3", linewidth=1)
+    ax.set_xticks(list(x), list(others["config"]))
+    _slant(ax, list(others["config"]))
+    ax.set_ylabel(f"{_metric_label(metric)} minus the best's")
+    ax.set_xlabel("configuration")
+    best = table[table["best"]]["config"].iloc[0]
+    tests = sorted(set(others["test"]) - {""})
+    handles = [plt.Line2D([], [], marker="o", linestyle="none", color=c, label=t)
+               for c, t in (("C0", "paired"), ("C1", "welch")) if t in tests]  # fmt: skip
+    if handles:
+        ax.legend(handles=handles, title="test")
+    fig.tight_layout()
+    caption = (
+        f"Each configuration's {_metric_label(metric)} minus that of the best ({best}), with "
+        "the 95 % confidence interval of the difference: paired on the seeds both ran (the "
+        "interval the verdicts rest on), Welch's where the seeds do not match. An interval "
+        "that crosses 0 is no evidence of a difference; its width says how large a "
+        "difference the study could still miss."
+    )
+    return [Figure("difference_vs_best", "Difference from the best configuration", caption, fig)]
+
+
 def all_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
     """Every figure that the study's data supports."""
     sns.set_theme(style="whitegrid", context="notebook")
     figures: list[Figure] = []
     if not data.runs.empty and (data.runs["status"] == "finished").any():
         figures += accuracy_by_parameter(data)
+        figures += seed_lines(data)
+        figures += difference_vs_best(data, table)
         figures += loss_curves(data)
         figures += heatmap(data, table)
         figures += rate_vs_latency(data)

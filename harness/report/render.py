@@ -21,14 +21,15 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 from mlflow.tracking import MlflowClient
 
-from harness import __version__
+from harness import __version__, stats
 from harness.config import ConfigError, StudyConfig
 from harness.metrics import METRICS
 from harness.report import aggregate, figures
 from harness.stores import Stores
 
 SUMMARY = "summary.json"  # each report's numbers, for the index of reports
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2
+SUMMARY_FORMATS = (1, 2)  # what the index of reports reads (1: without comparisons)
 INDEX = "index.html"
 PDF_FRONT = 8  # Pareto-optimal configurations listed on the PDF's summary page
 
@@ -63,11 +64,15 @@ def table_rows(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of the configurations table (with several
     objectives, a "Pareto" column marks the Pareto-optimal configurations)."""
     pareto = "pareto" in table
-    columns = ["configuration", "seeds", "p vs best"] + (["Pareto"] if pareto else [])
+    stopped = "stopped" in table
+    columns = ["configuration", "seeds"] + (["stopped"] if stopped else [])
+    columns += ["vs best"] + (["Pareto"] if pareto else [])
     shown = table_metrics(table)
     columns += [label for _, label, _ in shown]
     rows = [
-        [row["config"], str(row["seeds"]), _p_cell(row)]
+        [row["config"], str(row["seeds"])]
+        + ([str(row["stopped"])] if stopped else [])
+        + [row["verdict"]]
         + (["yes" if row["pareto"] else ""] if pareto else [])
         + [_cell(row, m, d) for m, _, d in shown]
         for _, row in table.iterrows()
@@ -105,11 +110,61 @@ def _label(metric: str) -> str:
     return METRICS[metric].label if metric in METRICS else metric
 
 
-def _p_cell(row: pd.Series) -> str:
-    """Welch's p-value of the objective against the best configuration's ("best" for it)."""
-    if row["best"]:
-        return "best"
-    return "-" if math.isnan(row["p_vs_best"]) else f"{row['p_vs_best']:.3f}"
+def _signed(value: float, digits: int) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{round(value, digits) or 0.0:+.{digits}f}"  # no "-0.0000"
+
+
+def _p(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.3f}" if value >= 1e-3 else f"{value:.1e}"
+
+
+def comparison_rows(table: pd.DataFrame, metric: str) -> tuple[list[str], list[list[str]]]:
+    """Column names and cells of the table of each configuration against the best one, in
+    the (first) objective: test, n, difference with its 95 % CI, raw and Holm-adjusted p,
+    minimum detectable effect and verdict; the best first."""
+    digits = METRICS[metric].digits if metric in METRICS else 4
+    columns = ["configuration", "test", "n", "difference vs best", "95 % CI", "p", "p (Holm)",
+               "MDE", "verdict"]  # fmt: skip
+    rows = []
+    for _, row in table.sort_values("best", ascending=False, kind="stable").iterrows():
+        if row["best"]:
+            rows.append([row["config"], "", str(row["seeds"]), "best", "", "", "", "", "best"])
+            continue
+        n = str(row["pairs"]) if row["test"] == "paired" else f"{row['seeds']}"
+        low, high = _signed(row["diff_ci_low"], digits), _signed(row["diff_ci_high"], digits)
+        rows.append(
+            [
+                row["config"],
+                row["test"],
+                n,
+                _signed(row["diff_vs_best"], digits),
+                "-" if low == "-" else f"[{low}, {high}]",
+                _p(row["p_vs_best"]),
+                _p(row["p_holm"]),
+                "-" if math.isnan(row["mde"]) else f"{row['mde']:.{digits}f}",
+                row["verdict"],
+            ]
+        )
+    return columns, rows
+
+
+def comparison_notes(table: pd.DataFrame) -> list[str]:
+    """What a reader must know to read the table against the best: the tests used, and where
+    n is too small for any exact test."""
+    others = table[~table["best"]] if not table.empty else table
+    notes = [f"{name}: {stats.TESTS[name]}" for name in sorted(set(others.get("test", [])))]
+    if (others.get("test") == "welch").any():
+        notes.append(
+            "Welch's test where a configuration and the best share fewer than 2 seeds: "
+            "the pairing could not be used"
+        )
+    sizes = [int(row["pairs"]) for _, row in others.iterrows() if row["test"] == "paired"]
+    warning = stats.small_n_warning(min(sizes)) if sizes else None
+    return notes + ([warning] if warning else [])
 
 
 def _best(data: aggregate.StudyData, table: pd.DataFrame) -> str:
@@ -173,10 +228,11 @@ def _summary(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, str]:
 
 
 def _pdf(
-    path: Path, summary: dict[str, str], columns, rows, figure_list, missing, front=()
+    path: Path, summary: dict[str, str], tables, figure_list, missing, front=(), notes=()
 ) -> None:
     """A summary page (with several objectives, the Pareto-optimal configurations listed:
-    `front`, rows of `pareto_rows`), then a page per figure."""
+    `front`, rows of `pareto_rows`), a page per table (`tables`: (columns, rows) pairs, with
+    `notes` below the last), then a page per figure."""
     with PdfPages(path) as pdf:
         page = plt.figure(figsize=(11.7, 8.3))
         lines = [f"Study {summary['name']}", "", summary["description"], ""]
@@ -188,14 +244,12 @@ def _pdf(
             lines.append(f"Pareto-optimal: {len(front) - PDF_FRONT} more (index.html lists all)")
         lines += [f"not complete: {note}" for note in missing]
         page.text(0.04, 0.96, "\n".join(lines), va="top", fontsize=9, wrap=True)
-        if rows:
-            ax = page.add_axes((0.03, 0.05, 0.94, 0.5))
-            ax.axis("off")
-            table = ax.table(cellText=rows, colLabels=columns, loc="upper center")
-            table.auto_set_font_size(False)
-            table.set_fontsize(6)
         pdf.savefig(page)
         plt.close(page)
+        for number, (columns, rows) in enumerate(tables):
+            if rows:
+                last = number == len(tables) - 1
+                _pdf_table(pdf, columns, rows, list(notes) if last else [])
         for figure in figure_list:
             figure.figure.suptitle(figure.title, fontsize=11)
             figure.figure.text(0.01, 0.005, figure.caption, fontsize=7, wrap=True, va="bottom")
@@ -203,6 +257,22 @@ def _pdf(
             pdf.savefig(figure.figure)
         info = pdf.infodict()
         info["Title"] = f"Study {summary['name']}"
+
+
+def _pdf_table(pdf: PdfPages, columns: list[str], rows: list[list[str]], notes: list[str]) -> None:
+    """One landscape page holding a table, its columns sized to their text."""
+    page = plt.figure(figsize=(11.7, 8.3))
+    height = min(0.85, 0.05 * (len(rows) + 1))
+    ax = page.add_axes((0.03, 0.93 - height, 0.94, height))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=columns, loc="upper center", cellLoc="right")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+    table.auto_set_column_width(list(range(len(columns))))
+    if notes:
+        page.text(0.04, 0.9 - height, "\n".join(notes), va="top", fontsize=7, wrap=True)
+    pdf.savefig(page)
+    plt.close(page)
 
 
 def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
@@ -252,6 +322,9 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
         figures.save_png(figure, folder)
     columns, rows = table_rows(table)
     pareto_columns, front = pareto_rows(data.config, table)
+    metric = data.config.objective.metric
+    versus_columns, versus = comparison_rows(table, metric) if not table.empty else ([], [])
+    notes = comparison_notes(table) if not table.empty else []
     summary = _summary(data, table)
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("harness.report", "templates"),
@@ -264,6 +337,10 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
         rows=rows,
         pareto_columns=pareto_columns,
         pareto=front,
+        versus_columns=versus_columns,
+        versus=versus,
+        versus_notes=notes,
+        objective_label=_label(metric),
         multi_objective=data.config.multi_objective,
         first_objective=data.config.objective.metric,
         missing=data.missing,
@@ -275,7 +352,10 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     table.to_csv(folder / "configurations.csv", index=False)
     record = summary_record(data, table)
     (folder / SUMMARY).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    _pdf(folder / "report.pdf", summary, columns, rows, figure_list, data.missing, front)
+    _pdf(
+        folder / "report.pdf", summary, [(columns, rows), (versus_columns, versus)],
+        figure_list, data.missing, front, notes,
+    )  # fmt: skip
 
 
 def swap_in(new: Path, target: Path) -> None:
@@ -333,11 +413,36 @@ def summary_record(data: aggregate.StudyData, table: pd.DataFrame) -> dict[str, 
         "runs": aggregate.counts(data),
         "objective": {"metric": objective.metric, "direction": objective.direction},
         "best": best,
+        "comparisons": _comparisons_record(table, objective.metric),
         **(_pareto_record(data.config, table) if data.config.multi_objective else {}),
         "commits": sorted(set(runs["commit"])) if not runs.empty else [],
         "devices": sorted(set(runs["device"])) if not runs.empty else [],
         "missing": list(data.missing),
     }
+
+
+def _comparisons_record(table: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
+    """Each configuration but the best against the best, in the (first) objective."""
+    if table.empty:
+        return []
+    return [
+        {
+            "config": str(row["config"]),
+            "seeds": int(row["seeds"]),
+            "mean": _number(row[f"{metric}_mean"]),
+            "sd": _number(row[f"{metric}_sd"]),
+            "diff_vs_best": _number(row["diff_vs_best"]),
+            "ci95": [_number(row["diff_ci_low"]), _number(row["diff_ci_high"])],
+            "p": _number(row["p_vs_best"]),
+            "p_holm": _number(row["p_holm"]),
+            "test": str(row["test"]),
+            "pairs": int(row["pairs"]),
+            "mde": _number(row["mde"]),
+            "verdict": str(row["verdict"]),
+            **({"stopped": str(row["stopped"])} if "stopped" in row else {}),
+        }
+        for _, row in table[~table["best"]].iterrows()
+    ]
 
 
 def _pareto_record(config: StudyConfig, table: pd.DataFrame) -> dict[str, Any]:
@@ -363,7 +468,7 @@ def read_summary(folder: Path) -> dict[str, Any] | None:
         record = json.loads((folder / SUMMARY).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("format") != SUMMARY_FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in SUMMARY_FORMATS:
         return None
     return record
 

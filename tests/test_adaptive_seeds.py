@@ -1,0 +1,222 @@
+"""Adaptive seeds: the rounds' rule on synthetic values, then through the real study path
+(workers, kill and resume), with every seed trained and counted once."""
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.config import AdaptiveSeeds, ConfigError, load_study
+from harness.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
+from harness.study import EXTENDS, ROUND_SEED, STOPPED_TAG, round_plan
+from tests.test_study import ROOT, run_cli, seed_runs, stores_of, write_study
+
+RULE = AdaptiveSeeds(min=3, max=6, resolution=0.001)
+
+
+def _values(means: dict[str, float], noise: dict[int, float], seeds: int = 10) -> dict:
+    """Every configuration's value per seed: its mean plus a seed effect shared by all of
+    them (common random numbers), and a small per-configuration wobble."""
+    return {
+        label: {s: mean + noise[s] + 0.0005 * ((s * 7 + i) % 3 - 1) for s in range(seeds)}
+        for i, (label, mean) in enumerate(means.items())
+    }
+
+
+def _truncate(values: dict, targets: dict) -> dict:
+    return {label: {s: v for s, v in by_seed.items() if s < targets[label]}
+            for label, by_seed in values.items()}  # fmt: skip
+
+
+def _race(values: dict, rule: AdaptiveSeeds = RULE):
+    """Run the rounds to the end, giving each configuration the seeds the plan asks for."""
+    known = {label: {s: v for s, v in by.items() if s < rule.min} for label, by in values.items()}
+    for _ in range(100):
+        step = plan(known, rule)
+        if step.done:
+            return step, known
+        for label, seeds in step.pending.items():
+            for seed in seeds:
+                known[label][seed] = values[label][seed]
+    raise AssertionError("the rounds did not end")
+
+
+def test_a_clearly_worse_configuration_stops_after_min_and_a_close_one_races_on():
+    noise = {s: (-0.02, 0.01, 0.015, -0.01, 0.0, 0.02, -0.015, 0.005, 0.01, -0.005)[s]
+             for s in range(10)}  # fmt: skip
+    values = _values({"good": 0.94, "close": 0.9395, "bad": 0.80}, noise)
+    final, known = _race(values)
+    assert final.best == "good" and final.stopped["good"] == BEST
+    assert final.stopped["bad"] == DECIDED and final.targets["bad"] == 3
+    assert final.targets["close"] > 3  # undecided after 3: more seeds
+    assert final.stopped["close"] in (DECIDED, RESOLUTION, MAX)
+    assert final.targets["good"] >= final.targets["close"]  # the best has the rival's seeds
+    assert {label: sorted(by) for label, by in known.items()} == {
+        label: list(range(final.targets[label])) for label in values
+    }  # exactly the seeds asked for, no gaps
+
+
+def test_the_plan_is_the_same_from_any_point_and_asks_each_seed_once():
+    noise = {s: 0.01 * ((s * 5) % 7 - 3) for s in range(10)}
+    values = _values({"a": 0.93, "b": 0.929, "c": 0.931, "d": 0.85}, noise)
+    final, known = _race(values)
+    assert plan(known, RULE).targets == final.targets  # replaying the end gives the end
+    # half-way: the pending seeds are exactly the ones missing from the next targets
+    half = plan(_truncate(values, {k: 4 for k in values}), RULE)
+    for label, seeds in half.pending.items():
+        assert seeds == [s for s in range(half.targets[label]) if s >= 4]
+
+
+def test_a_configuration_at_max_stops_there_and_resolution_ends_a_near_tie():
+    noise = {s: 0.01 * ((s * 3) % 5 - 2) for s in range(10)}
+    values = _values({"a": 0.93, "b": 0.9299}, noise)
+    final, _ = _race(values, AdaptiveSeeds(min=3, max=4, resolution=1e-9))
+    rival = "a" if final.best == "b" else "b"
+    assert final.stopped[rival] in (MAX, DECIDED) and final.targets == {"a": 4, "b": 4}
+    wide = _race(values, AdaptiveSeeds(min=3, max=10, resolution=0.5))[0]
+    rival = "a" if wide.best == "b" else "b"
+    assert wide.stopped[rival] == RESOLUTION and wide.targets == {"a": 3, "b": 3}
+
+
+@pytest.mark.parametrize(
+    ("seeds", "fragment"),
+    [
+        (
+            {"min": 1, "max": 4, "resolution": 0.01},
+            "invalid value for 'seeds.min': Input should be greater than or equal to 2",
+        ),
+        (
+            {"min": 4, "max": 3, "resolution": 0.01},
+            "invalid value for 'seeds': max (3) must be at least min (4)",
+        ),
+        ({"min": 3, "max": 4}, "missing key 'seeds.resolution' (adaptive seeds: min, max, "),
+        ({"min": 3, "max": 4, "resolution": 0.01, "rounds": 2}, "unknown key 'seeds.rounds'"),
+        ({"min": 3, "max": 4, "resolution": 0}, "'seeds.resolution': Input should be greater"),
+        ("three", "'seeds': a count, a list of seeds, or {min, max, resolution} for adaptive"),
+    ],
+)
+def test_bad_adaptive_seeds_are_one_line_errors(tmp_path, seeds, fragment):
+    path = write_study(tmp_path, "bad", space={"beta": [0.9]}, seeds=seeds)
+    with pytest.raises(ConfigError) as caught:
+        load_study(str(path))
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_adaptive_seeds_need_a_grid_and_one_objective(tmp_path):
+    rule = {"min": 2, "max": 4, "resolution": 0.01}
+    path = write_study(tmp_path, "s", space={"beta": {"low": 0.5, "high": 0.9}}, seeds=rule,
+                       sampler="tpe", n_trials=4)  # fmt: skip
+    with pytest.raises(ConfigError, match="work with sampler 'grid'"):
+        load_study(str(path))
+    path = write_study(tmp_path, "m", space={"beta": [0.5]}, seeds=rule,
+                       objectives=[{"metric": "test_accuracy"},
+                                   {"metric": "test_loss", "direction": "minimize"}])  # fmt: skip
+    with pytest.raises(ConfigError, match="several objectives"):
+        load_study(str(path))
+
+
+# Through the real study path ----------------------------------------------------------------
+
+# lr 1e-6 learns nothing in 20 iterations: clearly worse; beta 0.9 and 0.95 are close.
+SPACE = {"lr": [5e-4, 1e-6], "beta": [0.9, 0.95]}
+SEEDS = {"min": 3, "max": 5, "resolution": 0.0001}
+
+
+def _check_stores(out, name: str) -> dict[str, int]:
+    """The stores of a finished adaptive study are consistent: no trial or run left RUNNING,
+    every (configuration, seed) trained and counted once, the seeds exactly those the rounds
+    asked for, and each parent run saying how many seeds it got and why it stopped. Returns
+    the seeds per configuration."""
+    stores, client = stores_of(out)
+    config = load_study(str(out.parent / f"{name}.yaml"))
+    study = optuna.load_study(study_name=name, storage=stores.storage)
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    final = round_plan(study, config)
+    assert final is not None and final.done
+    runs = [r for r in seed_runs(client, name) if "harness.trial_failed" not in r.data.tags]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    keys = Counter(
+        (r.data.params["lr"], r.data.params["beta"], r.data.params["seed"]) for r in finished
+    )
+    assert set(keys.values()) == {1}  # each seed once
+    counted = {i for t in study.trials if t.state == TrialState.COMPLETE
+               for i in t.user_attrs.get("mlflow_run_ids", [])}  # fmt: skip
+    assert counted == {r.info.run_id for r in finished}  # and counted once
+    per_config = Counter((lr, beta) for lr, beta, _ in keys)
+    parents = seed_runs(client, name, parents=True)
+    assert len(parents) == 4 and {p.info.status for p in parents} == {"FINISHED"}
+    for parent in parents:
+        point = (parent.data.params["lr"], parent.data.params["beta"])
+        assert parent.data.tags["harness.seeds"] == str(per_config[point])
+        assert parent.data.tags[STOPPED_TAG] in (DECIDED, RESOLUTION, MAX, BEST)
+        assert parent.data.metrics["seeds"] == per_config[point]
+    assert sorted(final.targets.values()) == sorted(per_config.values())
+    return {f"lr={lr}, beta={beta}": n for (lr, beta), n in per_config.items()}
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory, mnist_dir):
+    folder = tmp_path_factory.mktemp("raced")
+    path = write_study(folder, "raced", space=SPACE, seeds=SEEDS)
+    out = folder / "out"
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir),
+                   "--workers", "2", timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return folder, out, done.stdout
+
+
+def test_two_workers_spend_fewer_seeds_on_the_clearly_worse_configurations(raced):
+    folder, out, stdout = raced
+    seeds = _check_stores(out, "raced")
+    worse = [n for label, n in seeds.items() if "lr=1e-06" in label]
+    assert worse == [3, 3]  # decided after the first round
+    assert max(seeds.values()) > 3  # the close ones raced on
+    assert "stopped" in stdout and "decided" in stdout and "(seed round)" in stdout
+
+
+def test_the_report_shows_the_seeds_and_why_they_stopped(raced, tmp_path):
+    folder, out, _ = raced
+    done = run_cli("report", str(folder / "raced.yaml"), "--output-dir", str(out),
+                   "--reports-dir", str(tmp_path / "reports"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = (tmp_path / "reports" / "raced" / "index.html").read_text()
+    assert '<th class="">stopped</th>' in body and ">decided<" in body
+
+
+def test_a_killed_adaptive_study_resumes_its_rounds(tmp_path, mnist_dir):
+    path = write_study(tmp_path, "raced", space=SPACE, seeds=SEEDS)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
+         "--data-dir", str(mnist_dir)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    for line in process.stdout:  # kill -9 once the first seed round is under way
+        if "(seed round)" in line or time.monotonic() > deadline:
+            break
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    stores, _ = stores_of(out)
+    study = optuna.load_study(study_name="raced", storage=stores.storage)
+    assert any(EXTENDS in t.user_attrs for t in study.trials), "killed before the rounds"
+
+    resumed = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir),
+                      timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    seeds = _check_stores(out, "raced")
+    assert [n for label, n in seeds.items() if "lr=1e-06" in label] == [3, 3]
+    study = optuna.load_study(study_name="raced", storage=stores.storage)
+    rounds = [
+        (t.params["lr"], t.params["beta"], t.user_attrs[ROUND_SEED])
+        for t in study.trials
+        if t.state == TrialState.COMPLETE and EXTENDS in t.user_attrs
+    ]
+    assert len(rounds) == len(set(rounds))  # no seed of a round settled twice
