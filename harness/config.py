@@ -503,18 +503,13 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
         make_run_config({**study.base, "seed": seed}, f"{source}: seeds")
     if study.adaptive and study.multi_objective:
         raise ConfigError(
-            f"{source}: adaptive seeds race configurations against the best in one objective; "
+            f"{source}: adaptive seeds compare configurations with the best in one objective; "
             "a study with several objectives needs a fixed count or list of seeds"
         )
     if study.adaptive and study.pruner.type != "none":
         raise ConfigError(
             f"{source}: adaptive seeds decide by whole runs, so a pruner cannot stop them "
             f"(set pruner: {{type: none}}, or give a count or list of seeds)"
-        )
-    if study.adaptive and study.sampler != "grid":
-        raise ConfigError(
-            f"{source}: adaptive seeds (seeds: {{min, max, resolution}}) work with sampler "
-            f"'grid'; a search ('{study.sampler}') takes a count or a list of seeds"
         )
     neurons = _study_neurons(study, source)
     allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)

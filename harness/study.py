@@ -9,8 +9,13 @@ study. A search asks the sampler until `n_trials` trials have settled. Rerunning
 resumes it: settled configurations are kept; a trial whose worker died or was stopped is
 marked FAIL (its unfinished MLflow runs KILLED, all its runs tagged `harness.trial_failed`)
 and its configuration runs again, reusing the seeds that had finished. Every reader counts
-only the runs of the trial that settled a configuration (`settled_trials`), so a
-configuration is never counted twice.
+only the runs of the trials that settled a configuration (`settled_trials`), so a
+configuration is never counted twice. With adaptive seeds (`seeds: {min, max, resolution}`),
+a grid's configurations first run `min` seeds; then each further seed a round asks for
+(`harness.seed_rounds`, replayed from the settled trials by every worker) is one more trial
+of the configuration's params, with user attributes `extends` (the configuration's first
+trial) and `round_seed`, whose run joins the configuration's parent run. `configurations`
+groups a configuration's settled trials; every table reads the seeds of all of them.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ MAX_DRAWS = 100  # a search gives up after this many draws in a row of configura
 EXTENDS = "extends"  # user attr of a seed-round trial: its configuration's first trial
 ROUND_SEED = "round_seed"  # user attr of a seed-round trial: the one seed it trains
 STOPPED_TAG = "harness.stopped"  # on a parent run, once the seed rounds are over: why
+WILCOXON_P = 0.1  # a search with adaptive seeds stops a trial below this (Optuna's default)
+STOPPED = "stopped"  # trial user attr of a search with adaptive seeds: why its seeds ended
 WAIT_SECONDS = float(os.environ.get("HARNESS_WAIT_SECONDS", "2"))  # polling for other workers
 
 
@@ -93,6 +100,10 @@ def _trial_seed(sampler_seed: int, number: int) -> int:
 
 
 def _pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
+    if study.adaptive is not None and study.sampler != "grid":  # seeds are the instances
+        return optuna.pruners.WilcoxonPruner(
+            p_threshold=WILCOXON_P, n_startup_steps=study.adaptive.min
+        )
     settings = study.pruner
     if settings.type == "median":
         return optuna.pruners.MedianPruner(
@@ -395,7 +406,7 @@ def round_plan(study: optuna.Study, config: StudyConfig) -> seed_rounds.Plan | N
     """Where an adaptive study's seed rounds stand, from the settled trials (None for a study
     with a fixed set of seeds). Configurations whose first trial did not finish (pruned,
     diverged) and those with a seed that did not finish leave the race."""
-    if config.adaptive is None:
+    if config.adaptive is None or config.sampler != "grid":
         return None
     metric = config.objective.metric
     values: dict[str, dict[int, float]] = {}
@@ -580,6 +591,9 @@ def run_trial(
     first_trial = None  # of the configuration, for a trial of the seed rounds
     shared: str | None = None  # then its parent run, which that first trial owns
     seeds = config.seed_list
+    wilcoxon = config.adaptive is not None and config.sampler != "grid"
+    if wilcoxon:  # seeds up to max, until Optuna's WilcoxonPruner finds it worse than the best
+        seeds = config.all_seeds
     if EXTENDS in trial.user_attrs:
         first_trial = study.trials[int(trial.user_attrs[EXTENDS])]
         seeds = [int(trial.user_attrs[ROUND_SEED])]
@@ -619,6 +633,8 @@ def run_trial(
                     raise TrialTaken
                 if seed in reusable:
                     _adopt(client, reusable[seed], trial, config.name, parent or shared)
+                    if wilcoxon:
+                        trial.report(reusable[seed][config.objective.metric], step=seed)
                     runs.append(reusable[seed])
                     run_ids.append(reusable[seed]["run_id"])
                     trial.set_user_attr("mlflow_run_ids", run_ids)
@@ -653,6 +669,11 @@ def run_trial(
                     {"seed": seed, "run_id": run_ids[-1], "status": result.status} | result.metrics
                 )
                 trial.set_user_attr("runs", runs)
+                if wilcoxon and result.status == "finished":
+                    trial.report(result.metrics[config.objective.metric], step=seed)
+                    if trial.should_prune():
+                        trial.set_user_attr(STOPPED, "pruned")
+                        break
                 if result.status != "finished":
                     trial.set_user_attr(OUTCOME, result.status)
                     trial.set_user_attr("message", result.message)
@@ -664,6 +685,8 @@ def run_trial(
                     study.tell(trial, state=state)
                     return
             trial.set_user_attr(OUTCOME, "finished")
+            if wilcoxon and len(runs) == len(seeds):
+                trial.set_user_attr(STOPPED, "max")
             if parent is not None:
                 finish_parent_run(client, parent, runs, "finished")
             else:
@@ -855,7 +878,9 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
                 "params": first.params,
                 "outcome": first.user_attrs.get(OUTCOME, first.state.name.lower()),
                 "seeds": len(runs),
-                "stopped": plan.stopped.get(label, "") if plan is not None else "",
+                "stopped": plan.stopped.get(label, "")
+                if plan
+                else first.user_attrs.get(STOPPED, ""),
                 "by_seed": {int(r["seed"]): float(r[metric]) for r in finished if metric in r},
                 "test_accuracy": _mean_sd([r["test_accuracy"] for r in runs]),
                 "test_loss": _mean_sd([r["test_loss"] for r in runs]),

@@ -107,11 +107,11 @@ def test_bad_adaptive_seeds_are_one_line_errors(tmp_path, seeds, fragment):
     assert fragment in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_adaptive_seeds_need_a_grid_and_one_objective(tmp_path):
+def test_adaptive_seeds_need_one_objective_and_no_pruner(tmp_path):
     rule = {"min": 2, "max": 4, "resolution": 0.01}
     path = write_study(tmp_path, "s", space={"beta": {"low": 0.5, "high": 0.9}}, seeds=rule,
-                       sampler="tpe", n_trials=4)  # fmt: skip
-    with pytest.raises(ConfigError, match="work with sampler 'grid'"):
+                       sampler="tpe", n_trials=4, pruner={"type": "median"})  # fmt: skip
+    with pytest.raises(ConfigError, match="a pruner cannot stop them"):
         load_study(str(path))
     path = write_study(tmp_path, "m", space={"beta": [0.5]}, seeds=rule,
                        objectives=[{"metric": "test_accuracy"},
@@ -220,3 +220,35 @@ def test_a_killed_adaptive_study_resumes_its_rounds(tmp_path, mnist_dir):
         if t.state == TrialState.COMPLETE and EXTENDS in t.user_attrs
     ]
     assert len(rounds) == len(set(rounds))  # no seed of a round settled twice
+
+
+def test_a_search_with_adaptive_seeds_stops_worse_trials_by_wilcoxon(tmp_path, mnist_dir):
+    """A search gets Optuna's WilcoxonPruner with seeds as its instances: a trial found worse
+    than the best (one-sided Wilcoxon p < 0.1, at least `min` seeds) stops there, and its value
+    is the mean of the seeds it ran."""
+    path = write_study(
+        tmp_path, "searched", sampler="random", sampler_seed=4, n_trials=4,
+        space={"lr": {"choices": [5e-4, 1e-6]}, "beta": {"low": 0.85, "high": 0.95}},
+        seeds={"min": 2, "max": 5, "resolution": 0.001},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
+    assert done.returncode == 0, done.stderr
+    stores, client = stores_of(out)
+    study = optuna.load_study(study_name="searched", storage=stores.storage)
+    trials = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 4
+    for trial in trials:
+        seeds = sorted(int(r["seed"]) for r in trial.user_attrs["runs"])
+        assert seeds == list(range(len(seeds))) and 2 <= len(seeds) <= 5
+        assert sorted(trial.intermediate_values) == seeds  # one report per seed
+        assert trial.value == pytest.approx(
+            sum(r["test_accuracy"] for r in trial.user_attrs["runs"]) / len(seeds)
+        )
+        assert trial.user_attrs["stopped"] == ("max" if len(seeds) == 5 else "pruned")
+    bad = [t for t in trials if t.params["lr"] == 1e-6]
+    good = [t for t in trials if t.params["lr"] == 5e-4]
+    assert bad and good and study.best_trial in good
+    later = [t for t in bad if t.number > min(g.number for g in good)]
+    assert later and all(t.user_attrs["stopped"] == "pruned" for t in later)
+    assert "stopped" in done.stdout and "pruned" in done.stdout

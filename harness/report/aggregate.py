@@ -19,7 +19,14 @@ from scipy.stats import t as student_t
 
 from harness import seed_rounds, stats
 from harness.config import Objective, StudyConfig
-from harness.study import grid_key, settled, settled_run_ids, settled_trials
+from harness.study import (
+    STOPPED,
+    grid_key,
+    round_plan,
+    settled,
+    settled_run_ids,
+    settled_trials,
+)
 from harness.tracking import search_all_runs
 from harness.train import FINAL_METRICS
 
@@ -129,6 +136,13 @@ def _missing(config: StudyConfig, study: optuna.Study | None) -> list[str]:
         finished = settled_trials(study)
         if len(finished) < (config.n_trials or 0):
             notes.append(f"{len(finished)} of {config.n_trials} trials finished")
+    rounds = round_plan(study, config)
+    if rounds is not None and not rounds.done and not notes:  # all grid points settled
+        waiting = sum(len(seeds) for seeds in rounds.pending.values())
+        notes.append(
+            f"adaptive seeds: round {rounds.round} needs {waiting} more run(s) of "
+            f"{len(rounds.pending)} configuration(s); rerun the study to continue"
+        )
     return notes
 
 
@@ -191,12 +205,15 @@ def configurations(data: StudyData) -> pd.DataFrame:
         label: dict(zip(group["seed"], group[objective.metric], strict=True))
         for label, group in finished.groupby("config", sort=False)
     }
-    if data.config.adaptive is not None:  # how many seeds each got, and why no more
+    if data.config.adaptive is not None and data.config.sampler == "grid":  # seeds, and why
         rounds = seed_rounds.plan(by_seed, data.config.adaptive, objective.direction)
         table["stopped"] = [
             rounds.stopped.get(label, "racing" if label in rounds.pending else "")
             for label in table["config"]
         ]
+    elif data.config.adaptive is not None and data.study is not None:  # WilcoxonPruner's
+        stopped = {t.number: t.user_attrs.get(STOPPED, "") for t in data.study.trials}
+        table["stopped"] = [stopped.get(number, "") for number in table["_trial"]]
     versus = stats.vs_best(by_seed, str(best["config"]), objective.direction)
     for name in stats.VS_BEST_COLUMNS:
         table[name] = [versus[label][name] for label in table["config"]]
