@@ -189,3 +189,30 @@ def test_report_shows_only_the_runs_of_the_current_study(tmp_path, mnist_dir):
     page = build_report(config, stores, tmp_path / "reports" / "again")
     assert "1 finished" in page.read_text()
     assert [row[1] for row in _table(page)[1:]] == ["1"]
+
+
+def test_a_fresh_beta_grid_reports_the_paired_test_mlflow_numbers_give(tmp_path, mnist_dir):
+    """From fresh stores, a grid over beta with 3 shared seeds: the report's p against the best
+    is scipy's paired t-test on the per-seed test accuracies that MLflow holds."""
+    path = write_study(tmp_path, "betas", space={"beta": [0.8, 0.9, 0.95]}, seeds=3)
+    out, reports = tmp_path / "out", tmp_path / "reports"
+    assert main(["study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir)]) == 0
+    assert main(["report", str(path), "--output-dir", str(out), "--reports-dir",
+                 str(reports)]) == 0  # fmt: skip
+    client = MlflowClient(open_stores(out).tracking_uri)
+    by_beta: dict[str, dict[int, float]] = {}
+    for run in seed_runs(client, "betas"):
+        by_beta.setdefault(run.data.params["beta"], {})[int(run.data.params["seed"])] = (
+            run.data.metrics["test_accuracy"]
+        )
+    best = max(by_beta, key=lambda beta: statistics.mean(by_beta[beta].values()))
+    record = json.loads((reports / "betas" / "summary.json").read_text())
+    assert record["best"]["config"] == f"beta={best}"
+    assert len(record["comparisons"]) == 2
+    for entry in record["comparisons"]:
+        beta = entry["config"].removeprefix("beta=")
+        expected = stats.ttest_rel(
+            [by_beta[beta][s] for s in range(3)], [by_beta[best][s] for s in range(3)]
+        )
+        assert entry["test"] == "paired" and entry["pairs"] == 3
+        assert entry["p"] == pytest.approx(expected.pvalue, rel=1e-9)
