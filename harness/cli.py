@@ -259,7 +259,32 @@ def _weights_path(flag: Path | None, save_model: bool, seed: int) -> Path | None
         flag = resolve_output_dir() / "models" / f"train-{stamp}-seed{seed}.pt"
     if flag.is_dir() or flag.suffix == ".yaml":
         raise ConfigError(f"--save-model: {flag} must be a file name, e.g. model.pt")
+    problem = _cannot_write(flag) or _cannot_write(flag.with_suffix(".yaml"))
+    if problem:
+        raise ConfigError(f"--save-model: cannot write {flag}: {problem}")
     return flag
+
+
+def _cannot_write(path: Path) -> str | None:
+    """Why a file could not be written at `path` (its folder a file, read-only, ...), found
+    by creating a scratch file in the nearest existing folder; None if it can. Creates
+    nothing that stays."""
+    import os
+    import tempfile
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if path.exists() and (path.is_dir() or not os.access(path, os.W_OK)):
+        return f"{path} exists and is not a writable file"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{folder} does not take new files ({err.strerror})"
+    return None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -312,6 +337,7 @@ def _study(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.stores import open_stores
     from harness.study import format_table, prepare_study, run_study
+    from harness.tracking import check_description
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
@@ -319,6 +345,7 @@ def _study(args: argparse.Namespace) -> int:
         raise ConfigError("--max-trials must be >= 1")
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
+    check_description(config.name, config.description)
     interrupt.install()  # a stop signal ends the running trial cleanly, then the study
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
     start = time.perf_counter()
