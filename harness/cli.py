@@ -335,6 +335,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from harness import interrupt
     from harness.config import load_study
+    from harness.retry import take_over_http_retries
     from harness.stores import open_stores
     from harness.study import format_table, prepare_study, run_study
     from harness.tracking import check_description
@@ -347,6 +348,7 @@ def _study(args: argparse.Namespace) -> int:
         raise ConfigError("--workers must be >= 1")
     check_description(config.name, config.description)
     interrupt.install()  # a stop signal ends the running trial cleanly, then the study
+    take_over_http_retries()  # bounded, and a stop signal heard while waiting (harness.retry)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)

@@ -29,14 +29,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness import interrupt
 from harness.errors import StoreError
+from harness.retry import Retrying, RetryingClient, retrying_storage
 
 DATABASE = "mlflow.db"
 JOURNAL = "optuna.journal"
@@ -46,6 +48,8 @@ LOCK_POLL_SECONDS = 0.2
 RECORD_START = b'{"op_code"'  # how Optuna begins every journal record
 BUILDING = ".building"  # suffix of a tracking database being built aside
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file
+POSTGRESQL = ("postgresql", "postgres")  # URL schemes (before any +driver)
+ADVISORY_KEY = (0x68726E73, 0x73657475)  # the set-up lock's key in PostgreSQL: "hrns", "setu"
 
 
 def _embedded_uri(output_dir: Path) -> str:
@@ -100,15 +104,56 @@ class Stores:
     @contextmanager
     def setup_lock(self) -> Iterator[None]:
         """Hold an exclusive lock while creating tables, experiments and the grid queue, so
-        workers started together on one machine do not race (a no-op for servers).
+        workers started together do not race: a file lock for the embedded stores, and a
+        PostgreSQL advisory lock in each PostgreSQL store (workers on any machine).
 
-        The holder's pid is in the lock file; a worker that finds the lock taken says what it
-        waits for, and gives up with StoreError after $HARNESS_LOCK_TIMEOUT seconds (120)."""
+        A worker that finds the lock taken says for whom it waits, and gives up with
+        StoreError after $HARNESS_LOCK_TIMEOUT seconds (120)."""
         self._writable("cannot take the set-up lock")
-        if self.lock_file is None:
-            yield
-            return
         timeout = lock_timeout()
+        with ExitStack() as locks:
+            if self.lock_file is not None:
+                locks.enter_context(self._file_lock(timeout))
+            for url in self._postgresql():
+                locks.enter_context(advisory_lock(url, timeout))
+            yield
+
+    def _postgresql(self) -> list[str]:
+        """The URLs of the stores that live in PostgreSQL (Optuna's first)."""
+        from sqlalchemy.engine import make_url
+
+        urls: dict[tuple, str] = {}
+        for url in (self.storage, self.tracking_uri):
+            if isinstance(url, str) and url.split("+", 1)[0].split(":", 1)[0] in POSTGRESQL:
+                parsed = make_url(url)  # one lock per database, however it is spelled
+                urls.setdefault((parsed.host, parsed.port, parsed.database), url)
+        return list(urls.values())
+
+    def optuna_storage(self) -> Any:
+        """Optuna's storage for a worker: a database's calls are retried while it is
+        unreachable (harness.retry); its tables are made on first use (under setup_lock)."""
+        if not isinstance(self.storage, str):
+            return self.storage
+        import logging
+
+        from optuna.storages import get_storage
+
+        # Optuna logs a page for a lost connection before it tries another way; harness.retry
+        # says in one line what it waits for instead.
+        logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
+        what = f"optuna storage {redact(self.storage)}"
+        return retrying_storage(Retrying(what).call(get_storage, self.storage), what)
+
+    def client(self) -> Any:
+        """An MlflowClient for a worker, its calls retried while the tracking store is
+        unreachable (harness.retry)."""
+        from mlflow.tracking import MlflowClient
+
+        return RetryingClient(MlflowClient(self.tracking_uri), tracking_name(self.tracking_uri))
+
+    @contextmanager
+    def _file_lock(self, timeout: float) -> Iterator[None]:
+        """The embedded stores' set-up lock: flock on a file naming its holder."""
         with open(self.lock_file, "a+") as handle:
             _acquire(handle, self.lock_file, timeout)
             try:
@@ -127,9 +172,7 @@ class Stores:
         self._writable("cannot create tracking tables")
         path = sqlite_path(self.tracking_uri)
         if path is None:  # a server (or another database) sets itself up
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(self.tracking_uri).search_experiments(max_results=1)
+            self.client().search_experiments(max_results=1)
             return
         if not _has_tables(path):
             _build_database(path, self.artifact_root)
@@ -226,6 +269,75 @@ def _acquire(handle, lock_file: Path, timeout: float) -> None:
         "worker is stopped or stuck, end it and run again; or wait longer with "
         "HARNESS_LOCK_TIMEOUT=SECONDS"
     )
+
+
+def tracking_name(tracking_uri: str) -> str:
+    """The tracking store as a worker names it in a message (no password)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"the MLflow tracking server {redact(tracking_uri)}"
+    path = sqlite_path(tracking_uri)
+    return f"the tracking database {path if path else redact(tracking_uri)}"
+
+
+@contextmanager
+def advisory_lock(url: str, timeout: float) -> Iterator[None]:
+    """Hold the harness's set-up lock in a PostgreSQL database (an advisory lock on a
+    connection of its own: a worker that dies releases it). A worker that finds it taken says
+    for whom it waits; StoreError after `timeout` seconds; a stop signal ends the wait."""
+    import sqlalchemy
+
+    name = f"{os.getpid()} {socket.gethostname()}"  # the holder, as other workers name it
+    engine = sqlalchemy.create_engine(
+        url,
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"application_name": f"harness set-up {name}"[:63]},
+    )
+    shown = redact(url)
+    connection = Retrying(f"PostgreSQL database {shown}").call(engine.connect)
+    try:
+        take = sqlalchemy.text("SELECT pg_try_advisory_lock(:a, :b)")
+        keys = {"a": ADVISORY_KEY[0], "b": ADVISORY_KEY[1]}
+        if not connection.execute(take, keys).scalar():
+            holder = _advisory_holder(connection)
+            print(
+                f"waiting for the set-up lock in {shown}, held by {holder} (up to {timeout:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            deadline = time.monotonic() + timeout
+            while not connection.execute(take, keys).scalar():
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the set-up lock in {shown} is still held by "
+                        f"{_advisory_holder(connection)} after {timeout:g} s: if that worker "
+                        "is stopped or stuck, end it and run again; or wait longer with "
+                        "HARNESS_LOCK_TIMEOUT=SECONDS"
+                    )
+                interrupt.check()
+                time.sleep(LOCK_POLL_SECONDS)
+        connection.commit()  # the lock is the session's, not the transaction's
+        yield
+    finally:
+        connection.close()  # ends the session: the lock goes with it
+        engine.dispose()
+
+
+def _advisory_holder(connection: Any) -> str:
+    """Who holds the set-up lock in a PostgreSQL database: `pid P on HOST` of its worker."""
+    import sqlalchemy
+
+    row = connection.execute(
+        sqlalchemy.text(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :a AND l.objid = :b"
+        ),
+        {"a": ADVISORY_KEY[0], "b": ADVISORY_KEY[1]},
+    ).first()
+    fields = (row[0] if row else "").removeprefix("harness set-up ").split()
+    if len(fields) < 2:
+        return "another connection"
+    host = f" on {fields[1]}" if fields[1] != socket.gethostname() else ""
+    return f"pid {fields[0]}{host}"
 
 
 # The tracking database ----------------------------------------------------------------------

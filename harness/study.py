@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from harness import data, efficiency, interrupt
 from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig, comparable_dump
+from harness.errors import StoreError
 from harness.metrics import METRICS
 from harness.stores import Stores
 from harness.tracking import (
@@ -124,7 +125,7 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=config.name,
-        storage=stores.storage,
+        storage=stores.optuna_storage(),
         directions=[objective.direction for objective in config.objectives],
         sampler=_sampler(config),
         pruner=_pruner(config),
@@ -589,7 +590,7 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
     with stores.setup_lock():
         study = open_study(config, stores)  # first: a changed study file writes nothing
         stores.create_tracking_tables()
-        client = MlflowClient(stores.tracking_uri)
+        client = stores.client()
         tags = experiment_tags(
             config.description, config.objective.metric, config.objective.direction
         )
@@ -633,7 +634,11 @@ def run_study(
         if trial is None:
             break
         start = time.perf_counter()
-        run_trial(study, trial, config, client, experiment, load_dataset, progress)
+        try:
+            run_trial(study, trial, config, client, experiment, load_dataset, progress)
+        except StoreError as err:  # a store unreachable for too long (harness.retry)
+            message = f"trial {trial.number} failed, the next worker reruns it: {err}"
+            raise StoreError(message) from err
         done += 1
         frozen = study.trials[trial.number]
         print(_trial_line(config, frozen, time.perf_counter() - start), flush=True)
