@@ -425,11 +425,12 @@ def _report(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.report import build_report
     from harness.report.render import write_index
-    from harness.stores import open_stores
+    from harness.stores import check_stores_agree, open_stores
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri, read_only=True)
+    check_stores_agree(stores, config.name)  # never a page that contradicts the trials
     page = build_report(config, stores, args.reports_dir / config.name)
     print(f"report: {page} and {page.with_name('report.pdf')}")
     print(f"index of reports: {write_index(args.reports_dir)}")
@@ -441,7 +442,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     from harness import compare
     from harness.config import load_study
-    from harness.stores import open_stores
+    from harness.stores import check_stores_agree, open_stores
 
     compare.check_options(args.metric, args.alpha)
     b_flags = (args.b_output_dir, args.b_storage, args.b_tracking_uri)
@@ -461,6 +462,7 @@ def _compare(args: argparse.Namespace) -> int:
         "AB", configs, (a_where, b_where), strict=True
     ):
         stores = open_stores(output_dir, storage, tracking_uri, read_only=True)
+        check_stores_agree(stores, config.name)
         sides.append(compare.read_side(label, config, stores))
     for note in sides[0].notes + sides[1].notes:
         print(f"note: {note}", file=sys.stderr)

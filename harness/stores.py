@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -461,10 +462,13 @@ def _schema_head() -> tuple[str, frozenset[str]]:
 
 def check_tracking_database(path: Path) -> None:
     """StoreError, saying how to recover, if the tracking database is not one MLflow can use
-    as it is: a set-up or migration interrupted (leftover `_alembic_tmp_` tables, tables
-    missing, or a schema revision not MLflow's)."""
+    as it is: damaged pages (SQLite's quick_check), or a set-up or migration interrupted
+    (leftover `_alembic_tmp_` tables, tables missing, or a schema revision not MLflow's)."""
     try:
         with closing(_connect(path)) as db:
+            damage = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+            if damage != ["ok"]:
+                raise _damaged(path, "\n".join(damage))
             tables = {
                 name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
@@ -474,6 +478,8 @@ def check_tracking_database(path: Path) -> None:
                 version = row[0] if row else None
             runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
     except sqlite3.DatabaseError as err:
+        if "malformed" in str(err) or "not a database" in str(err):
+            raise _damaged(path, str(err)) from None
         raise StoreError(
             f"tracking database {path} cannot be read ({err}): move it (and any "
             f"{path.name}-wal, -shm beside it) aside, then run again"
@@ -499,6 +505,69 @@ def check_tracking_database(path: Path) -> None:
         f"tracking database {path} is not in a state MLflow can use ({problem}) and holds "
         f"{runs} runs: back it up, then try `mlflow db upgrade sqlite:///{path.resolve()}`"
     )
+
+
+def _damaged(path: Path, problem: str) -> StoreError:
+    """The error for a tracking database whose pages are damaged, with the ways back."""
+    lines = [line for line in problem.splitlines() if line and not line.startswith("***")]
+    problem = lines[0][:200] if lines else "damaged"  # quick_check heads its list with ***
+    return StoreError(
+        f"tracking database {path} is damaged (SQLite: {problem}); nothing was written: "
+        f"copy it aside, then recover its runs with `sqlite3 {shlex.quote(str(path))} .recover "
+        "| sqlite3 recovered.db` and put recovered.db in its place, or start again in a new "
+        "--output-dir"
+    )
+
+
+# The two stores together --------------------------------------------------------------------
+
+
+def check_pair(study: Any, client: Any, experiment: str, stores: Stores) -> None:
+    """StoreError if the study's trials name MLflow runs that the tracking store does not
+    have (one of the stores lost, or replaced by another): a rerun or a report would then
+    contradict the trials. Runs deleted in MLflow's UI still exist and count as there."""
+    from mlflow.entities import ViewType
+
+    named: dict[str, int] = {}  # run id -> trial number
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        parent = [attrs["mlflow_parent_run_id"]] if attrs.get("mlflow_parent_run_id") else []
+        for run_id in parent + list(attrs.get("mlflow_run_ids", [])):
+            named[run_id] = trial.number
+    if not named:
+        return
+    found = client.get_experiment_by_name(experiment)
+    have: set[str] = set()
+    token = None
+    while found is not None:
+        page = client.search_runs(
+            [found.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        have.update(run.info.run_id for run in page)
+        token = page.token
+        if not token:
+            break
+    missing = [run_id for run_id in named if run_id not in have]
+    if missing:
+        trials = len({named[run_id] for run_id in missing})
+        raise StoreError(
+            f"the stores disagree: {trials} trials of study '{experiment}' in "
+            f"{stores.description} name {len(missing)} MLflow runs that "
+            f"{tracking_name(stores.tracking_uri)} does not have (lost or replaced?): "
+            "restore that store from a backup, or run the study again in a new --output-dir"
+        )
+
+
+def check_stores_agree(stores: Stores, name: str) -> None:
+    """For a reader: check_pair on study `name`, if the Optuna storage has it."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    try:
+        study = optuna.load_study(study_name=name, storage=stores.storage)
+    except KeyError:
+        return
+    check_pair(study, MlflowClient(stores.tracking_uri), name, stores)
 
 
 # The Optuna journal -------------------------------------------------------------------------

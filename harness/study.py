@@ -37,7 +37,7 @@ from harness import data, efficiency, interrupt
 from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig, comparable_dump
 from harness.errors import StoreError
 from harness.metrics import METRICS
-from harness.stores import Stores
+from harness.stores import Stores, check_pair
 from harness.tracking import (
     RunLogger,
     dataset_inputs,
@@ -591,6 +591,7 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
         study = open_study(config, stores)  # first: a changed study file writes nothing
         stores.create_tracking_tables()
         client = stores.client()
+        check_pair(study, client, config.name, stores)  # a lost store: say so, write nothing
         tags = experiment_tags(
             config.description, config.objective.metric, config.objective.direction
         )
