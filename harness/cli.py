@@ -337,7 +337,7 @@ def _study(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.retry import take_over_http_retries
     from harness.stores import open_stores
-    from harness.study import format_table, prepare_study, run_study
+    from harness.study import format_table, prepare_study, run_study, running_trials
     from harness.tracking import check_description
 
     check_store_urls(args.storage, args.tracking_uri)
@@ -367,7 +367,16 @@ def _study(args: argparse.Namespace) -> int:
             config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
         )
     if args.summary:
-        print(format_table(study, config))
+        running = running_trials(study)
+        if running:
+            print(
+                f"{len(running)} configuration{'s' if len(running) > 1 else ''} still running "
+                f"elsewhere (trial{'s' if len(running) > 1 else ''} "
+                f"{', '.join(map(str, running))}): the table below is partial; the last worker "
+                "to finish prints the final one",
+                flush=True,
+            )
+        print(format_table(study, config, partial=bool(running)))
         wall = time.perf_counter() - start
         print(f"wall time {wall:.1f} s" + _overhead(study, wall, setup, args.workers))
     return 0

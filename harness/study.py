@@ -740,8 +740,14 @@ def _mark_pareto(
     return marked + lines[1 + len(rows) :]
 
 
-def format_table(study: optuna.Study, config: StudyConfig) -> str:
-    """The end-of-study table: configuration, mean and sd over seeds, time."""
+def running_trials(study: optuna.Study) -> list[int]:
+    """Trials still running (in other workers, once this one is done)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def format_table(study: optuna.Study, config: StudyConfig, partial: bool = False) -> str:
+    """The end-of-study table: configuration, mean and sd over seeds, time. `partial`: other
+    workers still run configurations, so the best is the best so far."""
     rows = summary_rows(study, config)
     if not rows:
         return "no finished configurations yet"
@@ -768,6 +774,7 @@ def format_table(study: optuna.Study, config: StudyConfig) -> str:
         best = study.best_trial
         metric = config.objective.metric
         lines.append(
-            f"best: trial {best.number} {_params_text(best.params)} {metric} {best.value:.4f}"
+            f"{'best so far' if partial else 'best'}: trial {best.number} "
+            f"{_params_text(best.params)} {metric} {best.value:.4f}"
         )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Scale-out under faults, with real processes: workers started together on fresh PostgreSQL
 databases, a database stopped and started mid-study, an MLflow tracking server killed
-mid-study. After each: one-line messages, the exit codes, and stores a rerun finds
-consistent (nothing RUNNING, every seed once)."""
+mid-study, a worker that ends while another still runs. After each: one-line messages, the
+exit codes, and stores a rerun finds consistent (nothing RUNNING, every seed once)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from harness.cli import stop_process_group
 from harness.stores import advisory_lock, open_stores
 from harness.study import FAILED_TAG, settled_trials
 from tests.postgres import Server
-from tests.test_study import ROOT, _free_port, write_study
+from tests.test_study import ROOT, _free_port, _wait_for_running_run, write_study
 
 
 class Worker:
@@ -281,3 +281,30 @@ def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
         assert_every_seed_once(storage, uri, "remote", points=4, seeds=2)
     finally:
         stop_process_group(server)
+
+
+def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_path, mnist_dir):
+    # long enough a run to pause the first worker in training, not in a store's write
+    path = write_study(tmp_path, "share", space={"beta": [0.7, 0.8, 0.9]},
+                       base={"train_subset": 6400})  # fmt: skip
+    out = tmp_path / "out"
+    args = study_args(path, mnist_dir, "--output-dir", str(out))
+    first = Worker(args, tmp_path)
+    _wait_for_running_run(out, "share")
+    time.sleep(0.5)
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        second = Worker(args, tmp_path)
+        assert second.finish() == 0, second.stderr
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    lines = second.stdout.splitlines()
+    notice = next(i for i, x in enumerate(lines) if "still running elsewhere" in x)
+    assert re.fullmatch(r"1 configuration still running elsewhere \(trial \d\): the table below "
+                        r"is partial; the last worker to finish prints the final one",
+                        lines[notice])  # fmt: skip
+    assert any(x.startswith("best so far: trial ") for x in lines[notice:])
+    assert not any(x.startswith("best: ") for x in lines)
+    assert first.finish() == 0, first.stderr
+    assert "still running elsewhere" not in first.stdout
+    assert any(x.startswith("best: trial ") for x in first.stdout.splitlines())
