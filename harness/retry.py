@@ -36,9 +36,10 @@ TRANSIENT = re.compile(
     r"slots are reserved|connection already closed|server is closed|could not connect to server"
     r"|could not receive data from server|no connection to the server|SSL SYSCALL error|"
     r"consuming input failed|Connection aborted|RemoteDisconnected|Connection reset by peer|"
-    r"Read timed out|Max retries exceeded",
+    r"Read timed out",
     re.IGNORECASE,
 )
+VAGUE = re.compile(r"Max retries exceeded", re.IGNORECASE)  # said with one of the above, or alone
 
 T = TypeVar("T")
 
@@ -70,14 +71,15 @@ def take_over_http_retries() -> None:
 def transient(err: BaseException) -> str | None:
     """What made a store unreachable ("connection refused", ...), from an error or the errors
     it was raised from; None if the error is not one of those."""
-    seen: BaseException | None = err
-    for _ in range(20):  # a chain is short; a cycle must not hang us
-        if seen is None:
-            break
-        found = TRANSIENT.search(str(seen))
-        if found:
-            return found.group(0).lower()
-        seen = seen.__cause__ or seen.__context__
+    for pattern in (TRANSIENT, VAGUE):
+        seen: BaseException | None = err
+        for _ in range(20):  # a chain is short; a cycle must not hang us
+            if seen is None:
+                break
+            found = pattern.search(str(seen))
+            if found:
+                return found.group(0).lower()
+            seen = seen.__cause__ or seen.__context__
     return None
 
 
