@@ -260,7 +260,32 @@ def _weights_path(flag: Path | None, save_model: bool, seed: int) -> Path | None
         flag = resolve_output_dir() / "models" / f"train-{stamp}-seed{seed}.pt"
     if flag.is_dir() or flag.suffix == ".yaml":
         raise ConfigError(f"--save-model: {flag} must be a file name, e.g. model.pt")
+    problem = _cannot_write(flag) or _cannot_write(flag.with_suffix(".yaml"))
+    if problem:
+        raise ConfigError(f"--save-model: cannot write {flag}: {problem}")
     return flag
+
+
+def _cannot_write(path: Path) -> str | None:
+    """Why a file could not be written at `path` (its folder a file, read-only, ...), found
+    by creating a scratch file in the nearest existing folder; None if it can. Creates
+    nothing that stays."""
+    import os
+    import tempfile
+
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if path.exists() and (path.is_dir() or not os.access(path, os.W_OK)):
+        return f"{path} exists and is not a writable file"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"{folder} does not take new files ({err.strerror})"
+    return None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -311,8 +336,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from harness import interrupt
     from harness.config import load_study
+    from harness.retry import take_over_http_retries
     from harness.stores import open_stores
-    from harness.study import format_table, prepare_study, run_study
+    from harness.study import format_table, prepare_study, run_study, running_trials
+    from harness.tracking import check_description
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
@@ -320,7 +347,9 @@ def _study(args: argparse.Namespace) -> int:
         raise ConfigError("--max-trials must be >= 1")
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
+    check_description(config.name, config.description)
     interrupt.install()  # a stop signal ends the running trial cleanly, then the study
+    take_over_http_retries()  # bounded, and a stop signal heard while waiting (harness.retry)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)
@@ -339,7 +368,16 @@ def _study(args: argparse.Namespace) -> int:
             config, stores, args.data_dir, progress=sys.stderr.isatty(), max_trials=args.max_trials
         )
     if args.summary:
-        print(format_table(study, config))
+        running = running_trials(study)
+        if running:
+            print(
+                f"{len(running)} configuration{'s' if len(running) > 1 else ''} still running "
+                f"elsewhere (trial{'s' if len(running) > 1 else ''} "
+                f"{', '.join(map(str, running))}): the table below is partial; the last worker "
+                "to finish prints the final one",
+                flush=True,
+            )
+        print(format_table(study, config, partial=bool(running)))
         wall = time.perf_counter() - start
         print(f"wall time {wall:.1f} s" + _overhead(study, wall, setup, args.workers))
     return 0
@@ -397,11 +435,12 @@ def _report(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.report import build_report
     from harness.report.render import write_index
-    from harness.stores import open_stores
+    from harness.stores import check_stores_agree, open_stores
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri, read_only=True)
+    check_stores_agree(stores, config.name)  # never a page that contradicts the trials
     page = build_report(config, stores, args.reports_dir / config.name)
     print(f"report: {page} and {page.with_name('report.pdf')}")
     print(f"index of reports: {write_index(args.reports_dir)}")
@@ -413,7 +452,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     from harness import compare
     from harness.config import load_study
-    from harness.stores import open_stores
+    from harness.stores import check_stores_agree, open_stores
 
     compare.check_options(args.metric, args.alpha)
     b_flags = (args.b_output_dir, args.b_storage, args.b_tracking_uri)
@@ -433,6 +472,7 @@ def _compare(args: argparse.Namespace) -> int:
         "AB", configs, (a_where, b_where), strict=True
     ):
         stores = open_stores(output_dir, storage, tracking_uri, read_only=True)
+        check_stores_agree(stores, config.name)
         sides.append(compare.read_side(label, config, stores))
     for note in sides[0].notes + sides[1].notes:
         print(f"note: {note}", file=sys.stderr)

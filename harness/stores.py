@@ -21,6 +21,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -29,14 +30,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from harness import interrupt
 from harness.errors import StoreError
+from harness.retry import Retrying, RetryingClient, retrying_storage
 
 DATABASE = "mlflow.db"
 JOURNAL = "optuna.journal"
@@ -46,6 +49,8 @@ LOCK_POLL_SECONDS = 0.2
 RECORD_START = b'{"op_code"'  # how Optuna begins every journal record
 BUILDING = ".building"  # suffix of a tracking database being built aside
 SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite's companions of a database file
+POSTGRESQL = ("postgresql", "postgres")  # URL schemes (before any +driver)
+ADVISORY_KEY = (0x68726E73, 0x73657475)  # the set-up lock's key in PostgreSQL: "hrns", "setu"
 
 
 def _embedded_uri(output_dir: Path) -> str:
@@ -100,15 +105,56 @@ class Stores:
     @contextmanager
     def setup_lock(self) -> Iterator[None]:
         """Hold an exclusive lock while creating tables, experiments and the grid queue, so
-        workers started together on one machine do not race (a no-op for servers).
+        workers started together do not race: a file lock for the embedded stores, and a
+        PostgreSQL advisory lock in each PostgreSQL store (workers on any machine).
 
-        The holder's pid is in the lock file; a worker that finds the lock taken says what it
-        waits for, and gives up with StoreError after $HARNESS_LOCK_TIMEOUT seconds (120)."""
+        A worker that finds the lock taken says for whom it waits, and gives up with
+        StoreError after $HARNESS_LOCK_TIMEOUT seconds (120)."""
         self._writable("cannot take the set-up lock")
-        if self.lock_file is None:
-            yield
-            return
         timeout = lock_timeout()
+        with ExitStack() as locks:
+            if self.lock_file is not None:
+                locks.enter_context(self._file_lock(timeout))
+            for url in self._postgresql():
+                locks.enter_context(advisory_lock(url, timeout))
+            yield
+
+    def _postgresql(self) -> list[str]:
+        """The URLs of the stores that live in PostgreSQL (Optuna's first)."""
+        from sqlalchemy.engine import make_url
+
+        urls: dict[tuple, str] = {}
+        for url in (self.storage, self.tracking_uri):
+            if isinstance(url, str) and url.split("+", 1)[0].split(":", 1)[0] in POSTGRESQL:
+                parsed = make_url(url)  # one lock per database, however it is spelled
+                urls.setdefault((parsed.host, parsed.port, parsed.database), url)
+        return list(urls.values())
+
+    def optuna_storage(self) -> Any:
+        """Optuna's storage for a worker: a database's calls are retried while it is
+        unreachable (harness.retry); its tables are made on first use (under setup_lock)."""
+        if not isinstance(self.storage, str):
+            return self.storage
+        import logging
+
+        from optuna.storages import get_storage
+
+        # Optuna logs a page for a lost connection before it tries another way; harness.retry
+        # says in one line what it waits for instead.
+        logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
+        what = f"optuna storage {redact(self.storage)}"
+        return retrying_storage(Retrying(what).call(get_storage, self.storage), what)
+
+    def client(self) -> Any:
+        """An MlflowClient for a worker, its calls retried while the tracking store is
+        unreachable (harness.retry)."""
+        from mlflow.tracking import MlflowClient
+
+        return RetryingClient(MlflowClient(self.tracking_uri), tracking_name(self.tracking_uri))
+
+    @contextmanager
+    def _file_lock(self, timeout: float) -> Iterator[None]:
+        """The embedded stores' set-up lock: flock on a file naming its holder."""
         with open(self.lock_file, "a+") as handle:
             _acquire(handle, self.lock_file, timeout)
             try:
@@ -127,9 +173,7 @@ class Stores:
         self._writable("cannot create tracking tables")
         path = sqlite_path(self.tracking_uri)
         if path is None:  # a server (or another database) sets itself up
-            from mlflow.tracking import MlflowClient
-
-            MlflowClient(self.tracking_uri).search_experiments(max_results=1)
+            self.client().search_experiments(max_results=1)
             return
         if not _has_tables(path):
             _build_database(path, self.artifact_root)
@@ -226,6 +270,75 @@ def _acquire(handle, lock_file: Path, timeout: float) -> None:
         "worker is stopped or stuck, end it and run again; or wait longer with "
         "HARNESS_LOCK_TIMEOUT=SECONDS"
     )
+
+
+def tracking_name(tracking_uri: str) -> str:
+    """The tracking store as a worker names it in a message (no password)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"the MLflow tracking server {redact(tracking_uri)}"
+    path = sqlite_path(tracking_uri)
+    return f"the tracking database {path if path else redact(tracking_uri)}"
+
+
+@contextmanager
+def advisory_lock(url: str, timeout: float) -> Iterator[None]:
+    """Hold the harness's set-up lock in a PostgreSQL database (an advisory lock on a
+    connection of its own: a worker that dies releases it). A worker that finds it taken says
+    for whom it waits; StoreError after `timeout` seconds; a stop signal ends the wait."""
+    import sqlalchemy
+
+    name = f"{os.getpid()} {socket.gethostname()}"  # the holder, as other workers name it
+    engine = sqlalchemy.create_engine(
+        url,
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"application_name": f"harness set-up {name}"[:63]},
+    )
+    shown = redact(url)
+    connection = Retrying(f"PostgreSQL database {shown}").call(engine.connect)
+    try:
+        take = sqlalchemy.text("SELECT pg_try_advisory_lock(:a, :b)")
+        keys = {"a": ADVISORY_KEY[0], "b": ADVISORY_KEY[1]}
+        if not connection.execute(take, keys).scalar():
+            holder = _advisory_holder(connection)
+            print(
+                f"waiting for the set-up lock in {shown}, held by {holder} (up to {timeout:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            deadline = time.monotonic() + timeout
+            while not connection.execute(take, keys).scalar():
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the set-up lock in {shown} is still held by "
+                        f"{_advisory_holder(connection)} after {timeout:g} s: if that worker "
+                        "is stopped or stuck, end it and run again; or wait longer with "
+                        "HARNESS_LOCK_TIMEOUT=SECONDS"
+                    )
+                interrupt.check()
+                time.sleep(LOCK_POLL_SECONDS)
+        connection.commit()  # the lock is the session's, not the transaction's
+        yield
+    finally:
+        connection.close()  # ends the session: the lock goes with it
+        engine.dispose()
+
+
+def _advisory_holder(connection: Any) -> str:
+    """Who holds the set-up lock in a PostgreSQL database: `pid P on HOST` of its worker."""
+    import sqlalchemy
+
+    row = connection.execute(
+        sqlalchemy.text(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :a AND l.objid = :b"
+        ),
+        {"a": ADVISORY_KEY[0], "b": ADVISORY_KEY[1]},
+    ).first()
+    fields = (row[0] if row else "").removeprefix("harness set-up ").split()
+    if len(fields) < 2:
+        return "another connection"
+    host = f" on {fields[1]}" if fields[1] != socket.gethostname() else ""
+    return f"pid {fields[0]}{host}"
 
 
 # The tracking database ----------------------------------------------------------------------
@@ -349,10 +462,13 @@ def _schema_head() -> tuple[str, frozenset[str]]:
 
 def check_tracking_database(path: Path) -> None:
     """StoreError, saying how to recover, if the tracking database is not one MLflow can use
-    as it is: a set-up or migration interrupted (leftover `_alembic_tmp_` tables, tables
-    missing, or a schema revision not MLflow's)."""
+    as it is: damaged pages (SQLite's quick_check), or a set-up or migration interrupted
+    (leftover `_alembic_tmp_` tables, tables missing, or a schema revision not MLflow's)."""
     try:
         with closing(_connect(path)) as db:
+            damage = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+            if damage != ["ok"]:
+                raise _damaged(path, "\n".join(damage))
             tables = {
                 name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
@@ -362,6 +478,8 @@ def check_tracking_database(path: Path) -> None:
                 version = row[0] if row else None
             runs = db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
     except sqlite3.DatabaseError as err:
+        if "malformed" in str(err) or "not a database" in str(err):
+            raise _damaged(path, str(err)) from None
         raise StoreError(
             f"tracking database {path} cannot be read ({err}): move it (and any "
             f"{path.name}-wal, -shm beside it) aside, then run again"
@@ -387,6 +505,69 @@ def check_tracking_database(path: Path) -> None:
         f"tracking database {path} is not in a state MLflow can use ({problem}) and holds "
         f"{runs} runs: back it up, then try `mlflow db upgrade sqlite:///{path.resolve()}`"
     )
+
+
+def _damaged(path: Path, problem: str) -> StoreError:
+    """The error for a tracking database whose pages are damaged, with the ways back."""
+    lines = [line for line in problem.splitlines() if line and not line.startswith("***")]
+    problem = lines[0][:200] if lines else "damaged"  # quick_check heads its list with ***
+    return StoreError(
+        f"tracking database {path} is damaged (SQLite: {problem}); nothing was written: "
+        f"copy it aside, then recover its runs with `sqlite3 {shlex.quote(str(path))} .recover "
+        "| sqlite3 recovered.db` and put recovered.db in its place, or start again in a new "
+        "--output-dir"
+    )
+
+
+# The two stores together --------------------------------------------------------------------
+
+
+def check_pair(study: Any, client: Any, experiment: str, stores: Stores) -> None:
+    """StoreError if the study's trials name MLflow runs that the tracking store does not
+    have (one of the stores lost, or replaced by another): a rerun or a report would then
+    contradict the trials. Runs deleted in MLflow's UI still exist and count as there."""
+    from mlflow.entities import ViewType
+
+    named: dict[str, int] = {}  # run id -> trial number
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        parent = [attrs["mlflow_parent_run_id"]] if attrs.get("mlflow_parent_run_id") else []
+        for run_id in parent + list(attrs.get("mlflow_run_ids", [])):
+            named[run_id] = trial.number
+    if not named:
+        return
+    found = client.get_experiment_by_name(experiment)
+    have: set[str] = set()
+    token = None
+    while found is not None:
+        page = client.search_runs(
+            [found.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
+        )
+        have.update(run.info.run_id for run in page)
+        token = page.token
+        if not token:
+            break
+    missing = [run_id for run_id in named if run_id not in have]
+    if missing:
+        trials = len({named[run_id] for run_id in missing})
+        raise StoreError(
+            f"the stores disagree: {trials} trials of study '{experiment}' in "
+            f"{stores.description} name {len(missing)} MLflow runs that "
+            f"{tracking_name(stores.tracking_uri)} does not have (lost or replaced?): "
+            "restore that store from a backup, or run the study again in a new --output-dir"
+        )
+
+
+def check_stores_agree(stores: Stores, name: str) -> None:
+    """For a reader: check_pair on study `name`, if the Optuna storage has it."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    try:
+        study = optuna.load_study(study_name=name, storage=stores.storage)
+    except KeyError:
+        return
+    check_pair(study, MlflowClient(stores.tracking_uri), name, stores)
 
 
 # The Optuna journal -------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from optuna.trial import TrialState
 
 from harness import data, efficiency, interrupt, seed_rounds, stats
 from harness.config import INT_KEYS, Choices, ConfigError, StudyConfig, comparable_dump
+from harness.errors import StoreError
 from harness.metrics import METRICS
-from harness.stores import Stores
+from harness.stores import Stores, check_pair
 from harness.tracking import (
     RunLogger,
     dataset_inputs,
@@ -139,7 +140,7 @@ def open_study(config: StudyConfig, stores: Stores) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=config.name,
-        storage=stores.storage,
+        storage=stores.optuna_storage(),
         directions=[objective.direction for objective in config.objectives],
         sampler=_sampler(config),
         pruner=_pruner(config),
@@ -756,7 +757,8 @@ def prepare_study(config: StudyConfig, stores: Stores) -> tuple[MlflowClient, st
     with stores.setup_lock():
         study = open_study(config, stores)  # first: a changed study file writes nothing
         stores.create_tracking_tables()
-        client = MlflowClient(stores.tracking_uri)
+        client = stores.client()
+        check_pair(study, client, config.name, stores)  # a lost store: say so, write nothing
         tags = experiment_tags(
             config.description, config.objective.metric, config.objective.direction
         )
@@ -800,7 +802,11 @@ def run_study(
         if trial is None:
             break
         start = time.perf_counter()
-        run_trial(study, trial, config, client, experiment, load_dataset, progress)
+        try:
+            run_trial(study, trial, config, client, experiment, load_dataset, progress)
+        except StoreError as err:  # a store unreachable for too long (harness.retry)
+            message = f"trial {trial.number} failed, the next worker reruns it: {err}"
+            raise StoreError(message) from err
         done += 1
         frozen = study.trials[trial.number]
         print(_trial_line(config, frozen, time.perf_counter() - start), flush=True)
@@ -930,10 +936,16 @@ def _mark_pareto(
     return marked + lines[1 + len(rows) :]
 
 
-def format_table(study: optuna.Study, config: StudyConfig) -> str:
+def running_trials(study: optuna.Study) -> list[int]:
+    """Trials still running (in other workers, once this one is done)."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def format_table(study: optuna.Study, config: StudyConfig, partial: bool = False) -> str:
     """The end-of-study table: configuration, seeds (and why they stopped, with adaptive
     seeds), mean and sd over seeds, time, and each configuration against the best (the
-    difference, Holm-adjusted p and verdict of a paired test where the seeds match)."""
+    difference, Holm-adjusted p and verdict of a paired test where the seeds match).
+    `partial`: other workers still run configurations, so the best is the best so far."""
     rows = summary_rows(study, config)
     if not rows:
         return "no finished configurations yet"
@@ -975,7 +987,8 @@ def format_table(study: optuna.Study, config: StudyConfig) -> str:
         row, metric = best[0], config.objective.metric
         mean = statistics.fmean(row["by_seed"].values())
         lines.append(
-            f"best: trial {row['trial']} {_params_text(row['params'])} {metric} {mean:.4f} "
+            f"{'best so far' if partial else 'best'}: trial {row['trial']} "
+            f"{_params_text(row['params'])} {metric} {mean:.4f} "
             f"(mean of {len(row['by_seed'])} seeds)"
         )
         lines += _versus_notes(rows, config)

@@ -48,6 +48,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness import __version__  # noqa: E402
+from harness.errors import ConfigError  # noqa: E402
 from harness.train import FINAL_METRICS, Event, RunResult  # noqa: E402
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
@@ -107,6 +108,19 @@ def experiment_tags(description: str, metric: str, direction: str) -> dict[str, 
         "mlflow.experiment.primaryMetric.name": metric,
         "mlflow.experiment.primaryMetric.greaterIsBetter": str(direction == "maximize").lower(),
     }
+
+
+def check_description(name: str, description: str) -> None:
+    """ConfigError if a study's description is longer than MLflow keeps in the experiment's
+    description tag (checked before any store is opened, so nothing is written)."""
+    from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH as LIMIT
+
+    length = len(description.strip())
+    if length > LIMIT:
+        raise ConfigError(
+            f"study '{name}': 'description' is {length:,} characters, MLflow keeps at most "
+            f"{LIMIT:,} in an experiment's description: shorten it"
+        )
 
 
 def source_tags(commit: str, entry: str) -> dict[str, str]:

@@ -2,6 +2,7 @@
 stderr, exit code 2, no traceback, and nothing written anywhere."""
 
 import json
+import re
 import string
 from pathlib import Path
 
@@ -407,3 +408,33 @@ def test_studies_may_vary_neuron_alpha_and_encoding_where_they_belong(tmp_path):
         ("leaky", "direct", None), ("leaky", "rate", None),
         ("synaptic", "direct", 0.9), ("synaptic", "rate", 0.9),
     ]  # fmt: skip
+
+
+def test_a_description_longer_than_mlflow_keeps_is_refused_before_the_stores(tmp_path, capsys):
+    from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH as LIMIT
+
+    path = tmp_path / "long.yaml"
+    body = {"name": "long", "space": {"beta": [0.9]}, "description": "x" * (LIMIT + 1)}
+    path.write_text(json.dumps(body))
+    out = tmp_path / "out"
+    assert main(["study", str(path), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: study 'long': 'description' is 20,001 characters, MLflow keeps at most 20,000 "
+        "in an experiment's description: shorten it\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("target", ["a-file/model.pt", "/proc/model.pt", "/proc/self/x/m.pt"])
+def test_save_model_where_no_file_can_be_written_is_refused_before_training(
+    target, tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "no-data"))  # training would need it
+    assert main(["train", "--save-model", target]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert re.fullmatch(rf"error: --save-model: cannot write {re.escape(target)}: .+\n", err)
+    assert not (tmp_path / "no-data").exists()

@@ -1,16 +1,11 @@
 """Reliability and scale-out: parallel workers, PostgreSQL + an MLflow server, divergence."""
 
-import glob
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
@@ -22,6 +17,7 @@ from harness.cli import stop_process_group
 from harness.config import make_run_config
 from harness.model import load_weights
 from harness.stores import open_stores
+from tests.postgres import Server
 from tests.test_study import _free_port, run_cli, seed_runs, write_study
 
 GRID = {"beta": [0.7, 0.8, 0.9], "decoding": ["rate", "latency"]}
@@ -55,36 +51,14 @@ def test_two_workers_cover_a_grid_once_on_the_embedded_stores(tmp_path, mnist_di
 
 @pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's package), stopped afterwards."""
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    assert binaries, "PostgreSQL is not installed: run `make install`"
-    missing = [d for d in ("psycopg2", "psycopg") if importlib.util.find_spec(d) is None]
-    assert not missing, f"no PostgreSQL driver {missing}: pip install -e '.[dev,postgres]'"
-    bin_dir = Path(binaries[-1])
-    root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="harness-pg-", dir="/tmp"))
-    base.chmod(0o755)
-    if root:
-        shutil.chown(base, "postgres")
-
-    def run(*command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if root else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
-
-    port = _free_port()
-    data = base / "data"
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "harness", "--no-sync")
-    options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-o", options,
-        "-w", "start")  # fmt: skip
+    """A throwaway PostgreSQL server on 127.0.0.1 with databases optuna and mlflow."""
+    server = Server()
     try:
         for name in ("optuna", "mlflow"):
-            run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "harness",
-                name)  # fmt: skip
-        yield f"postgresql://harness@127.0.0.1:{port}"
+            server.createdb(name)
+        yield server.url
     finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
+        server.close()
 
 
 @pytest.fixture(scope="module")
