@@ -3,9 +3,11 @@
 The rule (a racing procedure, as irace's): every configuration first runs seeds 0..min-1.
 Then, round by round, each configuration still undecided against the current best gets one
 more seed, the next number, so that its pairs with the best stay matched; the best gets every
-seed its undecided rivals reach. A configuration is undecided while the paired 95 % CI of its
+seed its undecided rivals reach. A configuration is undecided while the paired CI of its
 difference with the best contains 0 and is wider than ±resolution, and it has fewer than
-`max` seeds. It stops as "decided" (the CI excludes 0), "resolution" (the CI is narrower than
+`max` seeds. The CI is simultaneous over the k - 1 rivals (Bonferroni: level 1 - 0.05 /
+(k - 1)), so a configuration the rounds call decided is also significant after the report's
+Holm adjustment, whose p-values are never larger than Bonferroni's. It stops as "decided" (the CI excludes 0), "resolution" (the CI is narrower than
 ±resolution: any difference is smaller than the study cares about) or "max".
 
 `plan` is a pure function of the values finished so far: it replays the rounds from the start,
@@ -79,12 +81,13 @@ def plan(
         best = _best(values, targets, sign)
         stopped: dict[str, str] = {}
         undecided = []
+        alpha = stats.ALPHA / max(1, len(values) - 1)
         for label in values:
             if label == best:
                 continue
             first = {s: values[best][s] for s in range(targets[best])}
             other = {s: values[label][s] for s in range(targets[label])}
-            difference = stats.paired(first, other)
+            difference = stats.paired(first, other, alpha)
             low, high = difference.ci_low, difference.ci_high
             if not math.isnan(low) and not low <= 0 <= high:
                 stopped[label] = DECIDED

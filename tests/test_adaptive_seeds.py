@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from harness import stats
 from harness.config import AdaptiveSeeds, ConfigError, load_study
 from harness.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
 from harness.study import EXTENDS, ROUND_SEED, STOPPED_TAG, round_plan
@@ -59,6 +60,9 @@ def test_a_clearly_worse_configuration_stops_after_min_and_a_close_one_races_on(
     assert {label: sorted(by) for label, by in known.items()} == {
         label: list(range(final.targets[label])) for label in values
     }  # exactly the seeds asked for, no gaps
+    verdicts = stats.vs_best(known, final.best, "maximize")
+    for label, reason in final.stopped.items():  # decided by the rounds: significant by Holm
+        assert reason != DECIDED or verdicts[label]["verdict"] == "worse"
 
 
 def test_the_plan_is_the_same_from_any_point_and_asks_each_seed_once():
