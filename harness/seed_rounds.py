@@ -7,8 +7,9 @@ seed its undecided rivals reach. A configuration is undecided while the paired C
 difference with the best contains 0 and is wider than ±resolution, and it has fewer than
 `max` seeds. The CI is simultaneous over the k - 1 rivals (Bonferroni: level 1 - 0.05 /
 (k - 1)), so a configuration the rounds call decided is also significant after the report's
-Holm adjustment, whose p-values are never larger than Bonferroni's. It stops as "decided" (the CI excludes 0), "resolution" (the CI is narrower than
-±resolution: any difference is smaller than the study cares about) or "max".
+Holm adjustment, whose p-values are never larger than Bonferroni's. A configuration stops as
+"decided" (the CI excludes 0), "resolution" (the CI is narrower than ±resolution: any
+difference is smaller than the study cares about) or "max".
 
 `plan` is a pure function of the values finished so far: it replays the rounds from the start,
 so every worker, and a study resumed after a kill, computes the same rounds from the stores,
