@@ -1012,6 +1012,12 @@ def _versus_notes(rows: list[dict[str, Any]], config: StudyConfig) -> list[str]:
     warning = stats.small_n_warning(min(pairs)) if pairs else None
     if warning:
         lines.append(f"note: {warning}")
-    if config.adaptive is not None:
+    if config.adaptive is not None and config.sampler == "grid":
         lines.append("stopped: " + "; ".join(f"{k}: {v}" for k, v in seed_rounds.REASONS.items()))
+    if config.adaptive is not None:
+        ran, fixed = sum(r["seeds"] for r in rows), len(rows) * config.adaptive.max
+        lines.append(
+            f"adaptive seeds: {ran} runs, against {fixed} with {config.adaptive.max} seeds for "
+            f"every configuration ({fixed - ran} saved)"
+        )
     return lines

@@ -182,6 +182,11 @@ def test_two_workers_spend_fewer_seeds_on_the_clearly_worse_configurations(raced
     assert worse == [3, 3]  # decided after the first round
     assert max(seeds.values()) > 3  # the close ones raced on
     assert "stopped" in stdout and "decided" in stdout and "(seed round)" in stdout
+    ran = sum(seeds.values())
+    assert (
+        f"adaptive seeds: {ran} runs, against 20 with 5 seeds for every configuration "
+        f"({20 - ran} saved)" in stdout
+    )
 
 
 def test_the_report_shows_the_seeds_and_why_they_stopped(raced, tmp_path):
