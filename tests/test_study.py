@@ -205,7 +205,7 @@ def test_study_grid_and_seeds():
     study = load_study("slope_sweep", ROOT / "studies")
     grid = study.grid()
     assert len(grid) == 12 and grid[0] == {"surrogate": "atan", "slope": 0.5}
-    assert study.seed_list == [0, 1]
+    assert study.seed_list == [0, 1, 2] and study.all_seeds == list(range(6))
     config = study.run_config(grid[-1], seed=1)
     assert (config.surrogate, config.slope, config.seed) == ("fast_sigmoid", 500, 1)
     assert load_study("beta_sweep", ROOT / "studies").seed_list == [0, 1, 2]
