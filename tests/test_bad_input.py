@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.cli import main
-from harness.config import ConfigError, RunConfig, StudyConfig, load_run_config, load_study
-from harness.datasets import DATASETS
-from harness.encoding import ENCODINGS
-from harness.neuron_models import NEURONS
-from harness.surrogates import SURROGATES
+from harness.config import RunConfig, StudyConfig, load_run_config, load_study
+from harness.data.datasets import DATASETS
+from harness.errors import ConfigError
+from harness.network.encodings import ENCODINGS
+from harness.network.neurons import NEURONS
+from harness.network.surrogates import SURROGATES
 
 FIELDS = [name for name in RunConfig.model_fields if name != "save_model"]
 SETTINGS = settings(

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from harness.bench import peak_memory_mb, time_steps
+from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
-from harness.train import resolve_device
+from harness.training.loop import resolve_device
 
 
 def test_bench_cli_reports_both_backends_side_by_side(mnist_dir):

@@ -20,8 +20,9 @@ from statsmodels.stats.power import TTestPower
 
 from harness.cli import main
 from harness.config import load_study
-from harness.stores import open_stores
-from harness.study import grid_key, open_study, run_study
+from harness.stores.opening import open_stores
+from harness.study.runner import open_study, run_study
+from harness.study.settled import grid_key
 from tests.test_study import run_cli, write_study
 
 SEEDS = [0, 1, 2]

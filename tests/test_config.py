@@ -6,7 +6,8 @@ from typing import get_args
 import pytest
 
 from harness.cli import main
-from harness.config import ConfigError, RunConfig, load_run_config, make_run_config
+from harness.config import RunConfig, load_run_config, make_run_config
+from harness.errors import ConfigError
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -109,21 +110,22 @@ def test_bad_neurons_encodings_and_alphas_are_one_line_naming_what_is_allowed(va
 
 
 def test_the_tables_are_the_only_lists_of_names():
-    from harness import decoding, kernels, neuron_models, surrogates
+    from harness.network import decodings, neurons, surrogates
+    from harness.network.kernels import lif_scan
 
     # the CPU kernel branches on the surrogate table's codes
-    assert kernels.SURROGATE_CODE == {n: s.kernel_code for n, s in surrogates.SURROGATES.items()}
+    assert lif_scan.SURROGATE_CODE == {n: s.kernel_code for n, s in surrogates.SURROGATES.items()}
     assert {n: s.default_slope for n, s in surrogates.SURROGATES.items()} == {
         "atan": 2.0,
         "fast_sigmoid": 25.0,
     }
-    assert neuron_models.EXCLUSIVE_PARAMS == ("alpha",)
-    assert [n for n, s in neuron_models.NEURONS.items() if "numba" in s.kernels] == [
+    assert neurons.EXCLUSIVE_PARAMS == ("alpha",)
+    assert [n for n, s in neurons.NEURONS.items() if "numba" in s.kernels] == [
         "leaky",
         "synaptic",
     ]
-    # decodings: config.py cannot import decoding.py (torch); its names are decoding's table
-    assert get_args(RunConfig.model_fields["decoding"].annotation) == decoding.DECODINGS
+    # decodings: config.py cannot import decodings.py (torch); its names are decoding's table
+    assert get_args(RunConfig.model_fields["decoding"].annotation) == decodings.DECODINGS
 
 
 def test_config_reads_its_tables_without_torch():

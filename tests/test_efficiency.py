@@ -5,12 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from harness import efficiency, neuron_models
 from harness.config import make_run_config
-from harness.data import Split, load, read_split
-from harness.metrics import METRICS
-from harness.model import Activity, FusedNet, NetOutput, build_model, layer_activity
-from harness.train import encoder, evaluate, train
+from harness.data.loading import Split, load, read_split
+from harness.network import neurons
+from harness.network.model import Activity, FusedNet, NetOutput, build_model, layer_activity
+from harness.training import efficiency
+from harness.training.loop import encoder, evaluate, train
+from harness.training.metrics import METRICS
 
 
 class Tiny(nn.Module):
@@ -179,7 +180,7 @@ def _neurobench_net(model: nn.Module, config) -> nn.Module:
     holding their state (init_hidden), forward(x[:, t]) -> (spikes, membranes)."""
     import snntorch as snn
 
-    neuron = getattr(snn, neuron_models.spec(config.neuron).snntorch)
+    neuron = getattr(snn, neurons.spec(config.neuron).snntorch)
 
     class Net(nn.Module):
         def __init__(self):
@@ -327,7 +328,7 @@ def test_the_study_table_shows_the_efficiency_metrics_that_vary():
     from optuna.trial import create_trial
 
     from harness.config import StudyConfig
-    from harness.study import format_table
+    from harness.study.table import format_table
 
     config = StudyConfig.model_validate({"name": "e", "space": {"num_steps": [10, 25]}})
     study = optuna.create_study(direction="maximize")

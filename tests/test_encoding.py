@@ -5,9 +5,9 @@ import pytest
 import torch
 from snntorch import spikegen
 
-from harness import encoding
 from harness.config import make_run_config
-from harness.train import evaluate, train
+from harness.network import encodings
+from harness.training.loop import evaluate, train
 
 
 def mnist_like(batch: int, seed: int) -> torch.Tensor:
@@ -22,7 +22,7 @@ def mnist_like(batch: int, seed: int) -> torch.Tensor:
 def test_latency_is_spikegen_latency_of_snntorch_s_tutorial(num_steps):
     images = mnist_like(16, 0)
     images[0, :4] = torch.tensor([0.01, 0.0099, 1.0, 0.5])  # at, below the threshold; extremes
-    ours = encoding.encode("latency", images, num_steps, torch.Generator())
+    ours = encodings.encode("latency", images, num_steps, torch.Generator())
     theirs = spikegen.latency(
         images, num_steps=num_steps, tau=5, threshold=0.01, clip=True, normalize=True,
         linear=True,
@@ -39,7 +39,7 @@ def test_rate_draws_what_spikegen_rate_draws_after_manual_seed(num_steps):
     images = mnist_like(32, 1) * 1.2  # intensities above 1 are clamped to 1: always a spike
     torch.manual_seed(11)
     theirs = spikegen.rate(images, num_steps=num_steps)
-    ours = encoding.encode("rate", images, num_steps, torch.Generator().manual_seed(11))
+    ours = encodings.encode("rate", images, num_steps, torch.Generator().manual_seed(11))
     assert ours.shape == (num_steps, 32, 784) and torch.equal(ours, theirs)
     assert set(ours.unique().tolist()) <= {0.0, 1.0}
     assert bool((ours[:, images >= 1] == 1).all()) and bool((ours[:, images == 0] == 0).all())
@@ -47,9 +47,9 @@ def test_rate_draws_what_spikegen_rate_draws_after_manual_seed(num_steps):
 
 def test_direct_is_the_image_and_streams_are_reproducible_and_apart():
     images = mnist_like(8, 2)
-    assert encoding.encode("direct", images, 25, torch.Generator()) is images
-    draw = lambda seed, stream: encoding.encode(  # noqa: E731
-        "rate", images, 5, encoding.generator(seed, stream)
+    assert encodings.encode("direct", images, 25, torch.Generator()) is images
+    draw = lambda seed, stream: encodings.encode(  # noqa: E731
+        "rate", images, 5, encodings.generator(seed, stream)
     )
     assert torch.equal(draw(3, "train"), draw(3, "train"))
     assert not torch.equal(draw(3, "train"), draw(3, "evaluation"))
@@ -89,7 +89,7 @@ def test_both_backends_train_on_the_same_spikes(tiny_dataset, settings):
 def test_evaluation_draws_the_same_spikes_every_time(tiny_dataset):
     config = make_run_config({**SPIKING, "encoding": "rate", "epochs": 1})
     torch.manual_seed(0)
-    from harness.model import build_model
+    from harness.network.model import build_model
 
     model = build_model(config)
     first, second = (evaluate(model, tiny_dataset.test, config) for _ in range(2))

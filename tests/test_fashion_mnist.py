@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import data
-from harness.datasets import DATASETS
+from harness.data import acquire, loading
+from harness.data.datasets import DATASETS
+from harness.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = DATASETS["fashion_mnist"]
@@ -27,8 +28,8 @@ def _offline(spec, data_dir):
 
 def _from_debian(data_dir: Path) -> str:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "_from_torchvision", _offline)
-        return data.acquire(data_dir, "fashion_mnist")
+        patch.setattr(acquire, "_from_torchvision", _offline)
+        return acquire.acquire(data_dir, "fashion_mnist")
 
 
 @pytest.fixture(scope="session")
@@ -40,14 +41,14 @@ def fashion_dir(tmp_path_factory) -> Path:
 
 
 def test_acquisition_copies_and_verifies_the_debian_package_files(fashion_dir, capsys):
-    folder = data.raw_dir(fashion_dir, "fashion_mnist")
+    folder = acquire.raw_dir(fashion_dir, "fashion_mnist")
     assert folder == fashion_dir / "FashionMNIST" / "raw"
     for name, md5 in SPEC.raw_md5.items():
-        assert data.file_md5(folder / name) == md5
-    checksum = data.verify(fashion_dir, "fashion_mnist")
+        assert acquire.file_md5(folder / name) == md5
+    checksum = acquire.verify(fashion_dir, "fashion_mnist")
     assert re.fullmatch(r"[0-9a-f]{32}", checksum)
     # Files there are used as they are: nothing is tried again.
-    assert data.acquire(fashion_dir, "fashion_mnist") == checksum
+    assert acquire.acquire(fashion_dir, "fashion_mnist") == checksum
     assert "trying" not in capsys.readouterr().err
 
 
@@ -64,12 +65,12 @@ def test_acquisition_says_each_source_it_tries(tmp_path, capsys):
 def test_a_corrupted_file_is_a_one_line_data_error(fashion_dir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(fashion_dir, copy)
-    path = data.raw_dir(copy, "fashion_mnist") / "t10k-labels-idx1-ubyte"
+    path = acquire.raw_dir(copy, "fashion_mnist") / "t10k-labels-idx1-ubyte"
     raw = bytearray(path.read_bytes())
     raw[100] ^= 1
     path.write_bytes(bytes(raw))
-    with pytest.raises(data.DataError) as caught:
-        data.load(copy, torch.device("cpu"), dataset="fashion_mnist")
+    with pytest.raises(DataError) as caught:
+        loading.load(copy, torch.device("cpu"), dataset="fashion_mnist")
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("Fashion-MNIST file corrupt: ") and str(path) in message
@@ -78,17 +79,17 @@ def test_a_corrupted_file_is_a_one_line_data_error(fashion_dir, tmp_path):
 
 def test_without_the_package_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     gone = dataclasses.replace(SPEC, debian_dir=tmp_path / "not-installed")
-    monkeypatch.setitem(data.DATASETS, "fashion_mnist", gone)
-    monkeypatch.setattr(data, "_from_torchvision", _offline)
-    with pytest.raises(data.DataError) as caught:
-        data.acquire(tmp_path / "data", "fashion_mnist")
+    monkeypatch.setitem(DATASETS, "fashion_mnist", gone)
+    monkeypatch.setattr(acquire, "_from_torchvision", _offline)
+    with pytest.raises(DataError) as caught:
+        acquire.acquire(tmp_path / "data", "fashion_mnist")
     message = str(caught.value)
     assert "\n" not in message and message.startswith("Fashion-MNIST not found in ")
     assert f"apt-get install {SPEC.debian}" in message
 
 
 def test_its_test_labels_have_a_thousand_images_per_class(fashion_dir):
-    dataset = data.load(fashion_dir, torch.device("cpu"), dataset="fashion_mnist")
+    dataset = loading.load(fashion_dir, torch.device("cpu"), dataset="fashion_mnist")
     assert dataset.name == "fashion_mnist"
     assert len(dataset.train) == SPEC.train_size and len(dataset.test) == SPEC.test_size
     assert torch.bincount(dataset.test.labels).tolist() == [1000] * SPEC.classes
@@ -104,10 +105,9 @@ def test_harness_data_acquires_it(fashion_dir):
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    checksum = data.verify(fashion_dir, "fashion_mnist")
-    assert done.stdout.strip() == (
-        f"Fashion-MNIST ready in {data.raw_dir(fashion_dir, 'fashion_mnist')} (checksum {checksum})"
-    )
+    checksum = acquire.verify(fashion_dir, "fashion_mnist")
+    raw = acquire.raw_dir(fashion_dir, "fashion_mnist")
+    assert done.stdout.strip() == f"Fashion-MNIST ready in {raw} (checksum {checksum})"
 
 
 def test_training_on_a_small_subset_beats_chance(fashion_dir):
@@ -128,9 +128,11 @@ def test_a_study_varying_the_dataset_loads_each_for_its_runs(fashion_dir, mnist_
     from tests.test_study import TINY, run_cli, seed_runs, stores_of, write_study
 
     both = tmp_path / "data"
-    shutil.copytree(data.raw_dir(fashion_dir, "fashion_mnist"), data.raw_dir(both, "fashion_mnist"))
-    data.raw_dir(both).parent.mkdir(parents=True)
-    data.raw_dir(both).symlink_to(data.raw_dir(mnist_dir).resolve())
+    shutil.copytree(
+        acquire.raw_dir(fashion_dir, "fashion_mnist"), acquire.raw_dir(both, "fashion_mnist")
+    )
+    acquire.raw_dir(both).parent.mkdir(parents=True)
+    acquire.raw_dir(both).symlink_to(acquire.raw_dir(mnist_dir).resolve())
     base = {**TINY, "hidden": 20, "num_steps": 3, "device": "cpu"}
     path = write_study(tmp_path, "twodata", base=base, space={"dataset": list(DATASETS)})
     out = tmp_path / "out"
@@ -142,7 +144,7 @@ def test_a_study_varying_the_dataset_loads_each_for_its_runs(fashion_dir, mnist_
     for run in runs:
         name = run.data.params["dataset"]
         assert run.data.tags["harness.dataset"] == name
-        assert run.data.tags["harness.data_checksum"] == data.verify(both, name)
+        assert run.data.tags["harness.data_checksum"] == acquire.verify(both, name)
         inputs = sorted(d.dataset.name for d in run.inputs.dataset_inputs)
         assert inputs == [f"{name}-test-300", f"{name}-train-640"]
     report = run_cli("report", str(path), "--output-dir", str(out),
@@ -151,5 +153,5 @@ def test_a_study_varying_the_dataset_loads_each_for_its_runs(fashion_dir, mnist_
     reports = (tmp_path / "reports").rglob("*")
     texts = [p.read_text(errors="replace") for p in reports if p.suffix in (".html", ".md")]
     for name in DATASETS:
-        line = f"data checksum ({name}): {data.verify(both, name)}"
+        line = f"data checksum ({name}): {acquire.verify(both, name)}"
         assert any(line in text for text in texts), line

@@ -16,11 +16,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import tracking
 from harness.config import load_study
 from harness.report import aggregate, build_report
-from harness.stores import open_stores
-from harness.study import FAILED_TAG, run_study, settled_trials, summary_rows
+from harness.stores.opening import open_stores
+from harness.study import tracking
+from harness.study.runner import run_study
+from harness.study.settled import FAILED_TAG, settled_trials
+from harness.study.table import summary_rows
 from tests.test_study import (
     ROOT,
     _start_study,
@@ -33,7 +35,7 @@ from tests.test_study import (
 PATCHED_MAIN = """
 import os, sys
 import optuna
-import harness.tracking
+import harness.study.tracking
 from harness.cli import main
 {patch}
 sys.exit(main(sys.argv[1:]))
@@ -51,11 +53,11 @@ optuna.trial.Trial.set_user_attr = set_user_attr
 """,
     # the first seed's run is FINISHED in MLflow, its trial has not recorded it
     "seed_finished_unrecorded": """
-_finish = harness.tracking.RunLogger.finish
+_finish = harness.study.tracking.RunLogger.finish
 def finish(self, result):
     _finish(self, result)
     os._exit(9)
-harness.tracking.RunLogger.finish = finish
+harness.study.tracking.RunLogger.finish = finish
 """,
     # between seeds: the first seed finished and recorded
     "between_seeds": """

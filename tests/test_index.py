@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from harness.cli import main
 from harness.config import load_study
 from harness.report.render import write_index
-from harness.stores import open_stores
-from harness.study import run_study
+from harness.stores.opening import open_stores
+from harness.study.runner import run_study
 from tests.test_study import write_study
 
 SCRIPT = "<script>alert(1)</script>"

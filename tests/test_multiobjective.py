@@ -13,19 +13,16 @@ from optuna.trial import TrialState, create_trial
 from pypdf import PdfReader
 
 from harness.cli import main
-from harness.compare import direction_of
-from harness.config import ConfigError, StudyConfig, comparable_dump, load_study
-from harness.metrics import METRICS, OBJECTIVE_METRICS
+from harness.config import StudyConfig, comparable_dump, load_study
+from harness.errors import ConfigError
 from harness.report import aggregate, build_report
-from harness.stores import open_stores
-from harness.study import (
-    _next_trial,
-    format_table,
-    open_study,
-    pareto_trials,
-    population_size,
-    run_study,
-)
+from harness.report.compare import direction_of
+from harness.stores.opening import open_stores
+from harness.study.runner import open_study, run_study
+from harness.study.scheduling import next_trial, population_size
+from harness.study.settled import pareto_trials
+from harness.study.table import format_table
+from harness.training.metrics import METRICS, OBJECTIVE_METRICS
 from tests.test_bad_input import assert_refused
 from tests.test_study import ROOT, write_study
 
@@ -179,7 +176,7 @@ def _drawn(tmp_path, sampler: str, folder: str, n_trials: int = 10) -> list[dict
         }
     )  # fmt: skip
     study = open_study(config, open_stores(tmp_path / folder))
-    while (trial := _next_trial(study, config)) is not None:
+    while (trial := next_trial(study, config)) is not None:
         trial.set_user_attr("outcome", "finished")
         study.tell(trial, _fake_values(trial.params))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
@@ -377,7 +374,7 @@ def test_the_dashboard_names_both_objectives_and_shows_the_front(tmp_path):
 
     from optuna_dashboard import wsgi
 
-    from harness.dashboard import open_storage
+    from harness.ui.dashboard import open_storage
 
     config = StudyConfig.model_validate(
         {"name": "dash", "space": {"beta": [0.5, 0.9]}, "objectives": TWO}

@@ -4,9 +4,9 @@ import pytest
 import torch
 from snntorch import functional as SF
 
-from harness import decoding, encoding
 from harness.config import make_run_config
-from harness.model import Activity, FusedNet, build_model
+from harness.network import decodings, encodings
+from harness.network.model import Activity, FusedNet, build_model
 
 
 def twin_models(kernel="auto", **settings):
@@ -22,7 +22,7 @@ def twin_models(kernel="auto", **settings):
 def run(model, config, images, labels):
     model.zero_grad()
     out = model(images)
-    loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
+    loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     if "fc1.weight_t" in grads:  # the fused fc1 keeps its weight transposed
@@ -112,7 +112,7 @@ SPIKE_CASES = [
 def test_fused_matches_the_reference_on_encoded_spikes(settings, kernel):
     config, reference, fused = twin_models(kernel, **settings)
     images, labels = images_and_labels(4)
-    spikes = encoding.encode(
+    spikes = encodings.encode(
         config.encoding, images.clamp(0, 1), config.num_steps, torch.Generator().manual_seed(5)
     )
     assert spikes.shape == (config.num_steps, 32, 784)
@@ -122,10 +122,10 @@ def test_fused_matches_the_reference_on_encoded_spikes(settings, kernel):
 def test_the_numba_kernel_refuses_a_neuron_model_it_does_not_run(monkeypatch):
     from dataclasses import replace
 
-    from harness import neuron_models
+    from harness.network import neurons
 
-    without = replace(neuron_models.NEURONS["synaptic"], kernels=())
-    monkeypatch.setitem(neuron_models.NEURONS, "synaptic", without)
+    without = replace(neurons.NEURONS["synaptic"], kernels=())
+    monkeypatch.setitem(neurons.NEURONS, "synaptic", without)
     synaptic = make_run_config({"hidden": 8, "neuron": "synaptic"})
     with pytest.raises(ValueError, match="kernel 'numba' does not run neuron synaptic .*leaky"):
         FusedNet(synaptic, kernel="numba")
@@ -155,15 +155,15 @@ def test_latency_decoding_matches_snntorch_functional():
     labels = torch.randint(0, 10, (64,), generator=generator)
     ours_in = spikes.clone().requires_grad_()
     theirs_in = spikes.clone().requires_grad_()
-    ours = decoding.latency_loss(ours_in, labels)
+    ours = decodings.latency_loss(ours_in, labels)
     theirs = SF.ce_temporal_loss()(theirs_in, labels)
     ours.backward()
     theirs.backward()
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ours_in.grad, theirs_in.grad)
-    accuracy = float((decoding.latency_predict(spikes) == labels).float().mean())
+    accuracy = float((decodings.latency_predict(spikes) == labels).float().mean())
     assert accuracy == pytest.approx(SF.accuracy_temporal(spikes, labels))
-    assert decoding.latency_predict(spikes)[0] == 0  # ties go to the lower class index
+    assert decodings.latency_predict(spikes)[0] == 0  # ties go to the lower class index
 
 
 def test_rate_decoding_is_the_seeds_sum_of_per_step_losses():
@@ -172,5 +172,5 @@ def test_rate_decoding_is_the_seeds_sum_of_per_step_losses():
     spikes = (membranes > 0.5).float()
     labels = torch.randint(0, 10, (32,), generator=generator)
     per_step = sum(torch.nn.functional.cross_entropy(membranes[t], labels) for t in range(25))
-    torch.testing.assert_close(decoding.rate_loss(membranes, labels), per_step)
-    assert torch.equal(decoding.rate_predict(spikes), spikes.sum(0).max(1).indices)
+    torch.testing.assert_close(decodings.rate_loss(membranes, labels), per_step)
+    assert torch.equal(decodings.rate_predict(spikes), spikes.sum(0).max(1).indices)

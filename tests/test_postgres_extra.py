@@ -47,6 +47,6 @@ def test_a_missing_driver_says_to_install_the_extra(command, url, monkeypatch, t
 
 
 def test_installed_drivers_pass_the_check():
-    from harness.config import check_store_urls
+    from harness.stores.urls import check_store_urls
 
     check_store_urls("postgresql://u@h/db", "postgresql+psycopg2://u@h/mlflow")  # no error

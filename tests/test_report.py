@@ -17,8 +17,8 @@ from statsmodels.stats.power import TTestPower
 from harness.cli import main
 from harness.config import load_study
 from harness.report import build_report
-from harness.stores import open_stores
-from harness.study import run_study
+from harness.stores.opening import open_stores
+from harness.study.runner import run_study
 from tests.conftest import chromium_page
 from tests.test_study import seed_runs, write_study
 

@@ -10,7 +10,7 @@ import pytest
 
 from harness import interrupt
 from harness.errors import StoreError
-from harness.retry import Retrying, retry_seconds, transient
+from harness.stores.retry import Retrying, retry_seconds, transient
 
 
 @pytest.mark.parametrize(

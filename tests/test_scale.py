@@ -13,10 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.cli import stop_process_group
 from harness.config import make_run_config
-from harness.model import load_weights
-from harness.stores import open_stores
+from harness.network.model import load_weights
+from harness.stores.opening import open_stores
+from harness.ui.servers import stop_process_group
 from tests.postgres import Server
 from tests.test_study import _free_port, run_cli, seed_runs, write_study
 

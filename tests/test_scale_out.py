@@ -20,9 +20,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.cli import stop_process_group
-from harness.stores import advisory_lock, open_stores
-from harness.study import FAILED_TAG, settled_trials
+from harness.stores.lock import advisory_lock
+from harness.stores.opening import open_stores
+from harness.study.settled import FAILED_TAG, settled_trials
+from harness.ui.servers import stop_process_group
 from tests.postgres import Server
 from tests.test_study import ROOT, _free_port, _wait_for_running_run, write_study
 

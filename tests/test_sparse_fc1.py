@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.kernels import fused_linear
+from harness.network.kernels.sparse_linear import fused_linear
 from tests.test_parity import assert_same, run, twin_models
 
 
@@ -51,7 +51,7 @@ def test_fused_matches_the_reference_on_sparse_images():
 def test_weights_of_a_cuda_run_load_on_a_machine_without_one(tmp_path):
     """A run's config names its device; its weights still load (and compute) here."""
     from harness.config import make_run_config
-    from harness.model import build_model, load_weights, save_weights
+    from harness.network.model import build_model, load_weights, save_weights
 
     config = make_run_config({"hidden": 32, "device": "cpu"})
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def test_the_fused_fc1_is_nn_linear_stored_transposed():
     """Same draws from the seed as nn.Linear, nn.Linear's state dict both ways, and a
     contiguous (in, out) parameter with a gradient in its layout (fused Adam copies none)."""
     from harness.config import make_run_config
-    from harness.model import build_model
+    from harness.network.model import build_model
 
     config = make_run_config({"hidden": 40})
     torch.manual_seed(5)

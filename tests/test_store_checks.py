@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.stores import check_tracking_database
+from harness.stores.sqlite import check_tracking_database
 from tests.test_study import run_cli, write_study
 
 PAGE = 4096

@@ -21,7 +21,9 @@ from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from harness.stores import BUILDING, StoreError, check_tracking_database, open_stores
+from harness.errors import StoreError
+from harness.stores.opening import open_stores
+from harness.stores.sqlite import BUILDING, check_tracking_database
 from tests.test_study import ROOT, run_cli, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,7 +110,7 @@ CREATE = """
 import sys
 from pathlib import Path
 import mlflow.store.tracking.sqlalchemy_store  # imported first: the kill lands in the set-up
-from harness.stores import open_stores
+from harness.stores.opening import open_stores
 stores = open_stores(Path(sys.argv[1]))
 print("ready", flush=True)
 stores.create_tracking_tables()

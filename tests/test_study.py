@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
-from harness.config import ConfigError, load_study
-from harness.stores import open_stores
+from harness.config import load_study
+from harness.errors import ConfigError
+from harness.stores.opening import open_stores
 from tests.conftest import chromium_page
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import torch
 
 from harness.cli import main
 from harness.config import make_run_config
-from harness.data import Dataset, Split
-from harness.train import Event, StopRun, train
+from harness.data.loading import Dataset, Split
+from harness.training.loop import Event, StopRun, train
 
 SMALL = {"hidden": 100, "num_steps": 10, "batch_size": 32, "eval_every": 5, "epochs": 2}
 
@@ -112,11 +112,11 @@ def test_ordinary_settings_are_not_taken_for_divergence(tiny_dataset, settings):
 def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
-    from harness import data
     from harness.cli import main
     from harness.config import load_run_config
-    from harness.model import load_weights
-    from harness.train import evaluate
+    from harness.data import loading
+    from harness.network.model import load_weights
+    from harness.training.loop import evaluate
 
     settings = ["train_subset=640", "test_subset=300", "hidden=50", "num_steps=5"]
     sets = [arg for pair in settings for arg in ("--set", pair)]
@@ -128,7 +128,7 @@ def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
     config = load_run_config(target.with_suffix(".yaml"))
     assert (config.hidden, config.num_steps, config.test_subset) == (50, 5, 300)
     model = load_weights(str(target), config)
-    test = data.load(mnist_dir, torch.device("cpu"), test_subset=300).test
+    test = loading.load(mnist_dir, torch.device("cpu"), test_subset=300).test
     assert evaluate(model, test, config)["test_accuracy"] == summary["test_accuracy"]
 
     # save_model: true in the config, no path: the weights go to the output folder

@@ -19,7 +19,7 @@ from scipy.stats import t as student_t
 
 from harness import seed_rounds, stats
 from harness.config import Objective, StudyConfig
-from harness.study import (
+from harness.study.settled import (
     STOPPED,
     grid_key,
     round_plan,
@@ -27,8 +27,8 @@ from harness.study import (
     settled_run_ids,
     settled_trials,
 )
-from harness.tracking import search_all_runs
-from harness.train import FINAL_METRICS
+from harness.study.tracking import search_all_runs
+from harness.training.loop import FINAL_METRICS
 
 METRICS = FINAL_METRICS  # the run metrics a report reads
 

@@ -15,8 +15,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from harness.config import StudyConfig  # noqa: E402
-from harness.metrics import METRICS  # noqa: E402
 from harness.report.aggregate import StudyData, label_of, trials_frame  # noqa: E402
+from harness.training.metrics import METRICS  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})  # text stays text
 SMOOTH = 10  # iterations in the rolling mean of the train-loss curve

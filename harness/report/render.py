@@ -22,10 +22,11 @@ from matplotlib.backends.backend_pdf import PdfPages
 from mlflow.tracking import MlflowClient
 
 from harness import __version__, stats
-from harness.config import ConfigError, StudyConfig
-from harness.metrics import METRICS
+from harness.config import StudyConfig
+from harness.errors import ConfigError
 from harness.report import aggregate, figures
-from harness.stores import Stores
+from harness.stores.opening import Stores
+from harness.training.metrics import METRICS
 
 SUMMARY = "summary.json"  # each report's numbers, for the index of reports
 SUMMARY_FORMAT = 2

@@ -35,7 +35,7 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
 - static: `parameter_count` (weights and biases), `connection_sparsity` (zero weights /
   weights, biases excluded; NeuroBench rounds it to 4 decimals, the harness does not) and
   `footprint_bytes`: the parameters' bytes plus the neurons' state and constants as
-  snnTorch's neuron holds them for one sample (harness/neuron_models.py; Leaky: a membrane
+  snnTorch's neuron holds them for one sample (harness/neurons.py; Leaky: a membrane
   per neuron, and beta, threshold and graded_spikes_factor in float32 and
   reset_mechanism_val in int64 per layer; Synaptic: a synaptic current too, and alpha).
   NeuroBench's `Footprint` counts the state buffers of the last batch it ran, so it equals
@@ -50,10 +50,10 @@ import math
 import torch
 from torch import nn
 
-from harness import neuron_models
-from harness.kernels import input_operations
-from harness.metrics import METRICS
-from harness.model import NetOutput
+from harness.network import neurons
+from harness.network.kernels.activity import input_operations
+from harness.network.model import NetOutput
+from harness.training.metrics import METRICS
 
 LIF_LAYERS = 2
 
@@ -170,18 +170,16 @@ class Workload:
         }
 
 
-def static_metrics(
-    model: nn.Module, neuron: str = neuron_models.DEFAULT_NEURON
-) -> dict[str, float]:
+def static_metrics(model: nn.Module, neuron: str = neurons.DEFAULT_NEURON) -> dict[str, float]:
     """Footprint in bytes, parameter count and connection sparsity of either backend's net
-    of `neuron` models (harness/neuron_models.py)."""
-    spec = neuron_models.spec(neuron)
+    of `neuron` models (harness/neurons.py)."""
+    spec = neurons.spec(neuron)
     fc1, fc2 = model.fc1, model.fc2
     parameters = list(model.parameters())
     weights = (fc1.weight, fc2.weight)
     zeros = sum(int((w == 0).sum()) for w in weights)
-    neurons = fc1.out_features + fc2.out_features
-    state = spec.state_tensors * neurons * fc1.weight.element_size()
+    neuron_count = fc1.out_features + fc2.out_features
+    state = spec.state_tensors * neuron_count * fc1.weight.element_size()
     return {
         "footprint_bytes": float(
             sum(p.numel() * p.element_size() for p in parameters)

@@ -30,13 +30,15 @@ from pydantic import ValidationError
 from scipy import stats
 
 from harness import stats as stats_
-from harness.config import ConfigError, StudyConfig
-from harness.metrics import METRICS as METRIC_SPECS
+from harness.config import StudyConfig
+from harness.errors import ConfigError
 from harness.report import figures
 from harness.report.aggregate import METRICS, StudyData, load
 from harness.report.render import written_aside
-from harness.stores import Stores, redact
-from harness.study import MUTABLE_STUDY_KEYS
+from harness.stores.layout import redact
+from harness.stores.opening import Stores
+from harness.study.runner import MUTABLE_STUDY_KEYS
+from harness.training.metrics import METRICS as METRIC_SPECS
 
 DIGITS = {"train_seconds": 2}  # decimals shown; 4 for the others
 TOO_FEW = "too few seeds"

@@ -50,78 +50,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from harness.surrogates import SURROGATES
+from harness.network.kernels.activity import membrane_changes, spike_counts
+from harness.network.kernels.primitives import F32
+from harness.network.surrogates import SURROGATES
 
 # The number `_surrogate` branches on, per surrogate (the table in harness/surrogates.py).
 SURROGATE_CODE = {name: spec.kernel_code for name, spec in SURROGATES.items()}
-_F32 = np.float32
-
-
-# Activity counts (eval mode): sums of 0s and 1s in float32, vectorised and exact (at most
-# T per neuron, N per step), gathered into int64 / float64 per sample.
-
-
-@njit(fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
-def _spike_counts(s, counts, scratch):
-    """Adds each neuron's spikes over one sample's steps, s (T, N), to `counts` (N,)."""
-    scratch[:] = 0
-    for t in range(s.shape[0]):
-        row = s[t]
-        for n in range(row.shape[0]):
-            scratch[n] += row[n]
-    for n in range(scratch.shape[0]):
-        counts[n] += scratch[n]
-
-
-@njit(fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
-def _changes(u):
-    """How many of one sample's membranes u (T, N) changed from one step to the next
-    (U[t] != U[t-1], t >= 1: NeuroBench's membrane updates after the first step)."""
-    zero, one = _F32(0.0), _F32(1.0)
-    changed = 0
-    for t in range(1, u.shape[0]):
-        now, before = u[t], u[t - 1]
-        step = zero
-        for n in range(now.shape[0]):
-            step += one if now[n] != before[n] else zero
-        changed += np.int64(step)
-    return changed
-
-
-@njit(parallel=True, fastmath={"reassoc", "nsz", "arcp"}, error_model="numpy", cache=True)
-def _input_operations(inputs, fan_out, zero, ops, odd):
-    """Per input vector (row): the sum of `fan_out` over its nonzero entries (in `zero`'s
-    type), and how many of its entries are neither 0, 1 nor -1 (float32). Sums of whole
-    numbers, so exact while below 2**24 in float32 and 2**53 in float64."""
-    none, one = _F32(0.0), _F32(1.0)
-    for b in prange(inputs.shape[0]):
-        row = inputs[b]
-        total, count = zero, none
-        for j in range(row.shape[0]):
-            v = row[j]
-            a = abs(v)
-            total += fan_out[j] if v != 0 else zero
-            count += one if (a != 0) & (a != 1) else none
-        ops[b] = total
-        odd[b] = count
-
-
-def input_operations(inputs: torch.Tensor, fan_out: torch.Tensor):
-    """`_input_operations` on CPU tensors: inputs (B, in) float32, fan_out (in,) float32 or
-    float64 -> ops (B,) of fan_out's type and the count of odd entries (B,) float32."""
-    inputs = inputs.detach().contiguous()
-    ops = fan_out.new_empty(inputs.shape[0])
-    odd = inputs.new_empty(inputs.shape[0])
-    zero = np.float32(0) if fan_out.dtype == torch.float32 else np.float64(0)
-    _input_operations(inputs.numpy(), fan_out.numpy(), zero, ops.numpy(), odd.numpy())
-    return ops, odd
-
-
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
-def _axpy(y, a, x):
-    """y += a * x, on rows (1-D slices vectorise; 2-D indexing in the loop may not)."""
-    for n in range(y.shape[0]):
-        y[n] += a * x[n]
 
 
 @njit(error_model="numpy", cache=True)
@@ -143,7 +77,7 @@ def _synapse_state(size, alpha):
     then drops the synapse's branches from the Leaky kernels at compile time)."""
     if alpha is None:
         return None
-    return np.zeros(size, _F32)
+    return np.zeros(size, F32)
 
 
 @njit(error_model="numpy", cache=True)
@@ -156,7 +90,7 @@ def _hidden_scan(cur1, b, alpha, beta, thr, j, u, u1, s1):
     vectorising (it cannot tell its rows apart). The previous step's spike is not stored
     but read off the membrane, S[t-1] = U[t-1] > thr (so it is; thr > 0 makes U = 0 at the
     start spike-free): one load and one store fewer a neuron and step (10 % faster)."""
-    zero, one = _F32(0.0), _F32(1.0)
+    zero, one = F32(0.0), F32(1.0)
     hidden, per_step = cur1.shape[2], cur1.shape[0] > 1
     keep_u = u1.shape[0] > 0
     for n in range(hidden):
@@ -182,7 +116,7 @@ def _hidden_scan(cur1, b, alpha, beta, thr, j, u, u1, s1):
 @njit(error_model="numpy", cache=True)
 def _output_scan(cur2, alpha, beta, thr, j, u2, s2):
     """One sample's output layer over all steps from its currents cur2 (T, K)."""
-    zero, one = _F32(0.0), _F32(1.0)
+    zero, one = F32(0.0), F32(1.0)
     if j is not None:
         j[:] = zero
     for t in range(u2.shape[0]):
@@ -204,7 +138,7 @@ def _fc2_steps(s1, w2, b2, cur2):
     steps, hidden = s1.shape
     for t in range(steps):
         if w2.shape[0] == 10:
-            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = _F32(0.0)
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = c8 = c9 = F32(0.0)
             for n in range(hidden):
                 x = s1[t, n]
                 c0 += x * w2[0, n]
@@ -221,7 +155,7 @@ def _fc2_steps(s1, w2, b2, cur2):
             cur2[t, 5], cur2[t, 6], cur2[t, 7], cur2[t, 8], cur2[t, 9] = c5, c6, c7, c8, c9
         else:
             for k in range(w2.shape[0]):
-                total = _F32(0.0)
+                total = F32(0.0)
                 for n in range(hidden):
                     total += s1[t, n] * w2[k, n]
                 cur2[t, k] = total
@@ -232,10 +166,10 @@ def _fc2_steps(s1, w2, b2, cur2):
 @njit(error_model="numpy", cache=True)
 def _surrogate(x, code, slope):
     """dS/dU at x = U - thr (snnTorch's atan with alpha = slope, or fast_sigmoid)."""
-    one = _F32(1.0)
+    one = F32(1.0)
     if code == 0:
-        kx = _F32(math.pi / 2.0 * slope) * x
-        return _F32(slope / 2.0) / (one + kx * kx)
+        kx = F32(math.pi / 2.0 * slope) * x
+        return F32(slope / 2.0) / (one + kx * kx)
     q = slope * abs(x) + one
     return one / (q * q)
 
@@ -250,15 +184,15 @@ def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, a
     batch, hidden = cur1.shape[1], cur1.shape[2]
     outputs = w2.shape[0]
     for c in prange(chunks):
-        u = np.empty(hidden, _F32)
+        u = np.empty(hidden, F32)
         j1, j2 = _synapse_state(hidden, alpha), _synapse_state(outputs, alpha)
-        u1 = np.empty((num_steps if activity else 0, hidden), _F32)
-        s1 = np.empty((num_steps, hidden), _F32)
-        u2 = np.empty((num_steps, outputs), _F32)
-        s2 = np.empty((num_steps, outputs), _F32)
-        cur2 = np.empty((num_steps, outputs), _F32)
-        scratch_h = np.empty(hidden if activity else 0, _F32)
-        scratch_k, output_counts = np.empty(outputs, _F32), np.zeros(outputs)
+        u1 = np.empty((num_steps if activity else 0, hidden), F32)
+        s1 = np.empty((num_steps, hidden), F32)
+        u2 = np.empty((num_steps, outputs), F32)
+        s2 = np.empty((num_steps, outputs), F32)
+        cur2 = np.empty((num_steps, outputs), F32)
+        scratch_h = np.empty(hidden if activity else 0, F32)
+        scratch_k, output_counts = np.empty(outputs, F32), np.zeros(outputs)
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
             _hidden_scan(cur1, b, alpha, beta, thr, j1, u, u1, s1)
             _fc2_steps(s1, w2, b2, cur2)
@@ -266,10 +200,10 @@ def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, a
             mem2[:, b, :] = u2
             spikes2[:, b, :] = s2
             if activity:
-                _spike_counts(s1, counts[c], scratch_h)
-                _spike_counts(s2, output_counts, scratch_k)
-                tallies[c, 0] += _changes(u1)
-                tallies[c, 2] += _changes(u2)
+                spike_counts(s1, counts[c], scratch_h)
+                spike_counts(s2, output_counts, scratch_k)
+                tallies[c, 0] += membrane_changes(u1)
+                tallies[c, 2] += membrane_changes(u2)
         tallies[c, 1] = np.int64(output_counts.sum())
 
 
@@ -281,9 +215,9 @@ def _output_grads(mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, lo, hi,
     its sums over steps and samples (dL/db2) added to gb2 (K,) in float64. grad_s2 or
     grad_u2 None: the loss reads only the membranes or only the spikes."""
     steps, outputs = g2.shape[0], gb2.shape[0]
-    zero = _F32(0.0)
-    g = np.zeros(hi - lo, _F32)
-    gj = np.zeros(hi - lo if alpha is not None else 0, _F32)
+    zero = F32(0.0)
+    g = np.zeros(hi - lo, F32)
+    gj = np.zeros(hi - lo if alpha is not None else 0, F32)
     total = np.zeros(hi - lo, np.float64)
     for t in range(steps - 1, -1, -1):
         m, out = mem2[t, lo:hi], g2[t, lo:hi]
@@ -312,7 +246,7 @@ def _hidden_grads(cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s1, 
     for dL/dW2. (W2^T G2 as one matrix product beforehand would be faster in cache, but its
     (T, B, H) result costs more to write and read back than the ten products per neuron and
     step cost here.)"""
-    zero, one = _F32(0.0), _F32(1.0)
+    zero, one = F32(0.0), F32(1.0)
     hidden, outputs = cur1.shape[2], w2.shape[0]
     for n in range(hidden):
         u[n] = zero
@@ -374,7 +308,7 @@ def _hidden_step_grads(w2, g2, b, alpha, beta, thr, code, slope, u1, gu, gj, gra
     G_U[t] = (W2^T G2[t]) sg(U1[t] - thr) + beta G_U[t+1], G_J[t] = G_U[t] + alpha G_J[t+1];
     their running values in gu and gj (H,). (G_J in a function of its own: with gj in the
     same loop, LLVM leaves the loop scalar, 4x slower.)"""
-    zero = _F32(0.0)
+    zero = F32(0.0)
     hidden, outputs = u1.shape[1], w2.shape[0]
     for n in range(hidden):
         gu[n] = zero
@@ -435,11 +369,11 @@ def _step_weights(steps, alpha, beta):
     dL/dcur1 = sum_t G_J[t] for a static current: with G_U[t] = q_t + beta G_U[t+1] and
     G_J[t] = G_U[t] + alpha G_J[t+1], sum_t G_J[t] = sum_t c_t q_t where
     c_t = e_t + beta c_(t-1) and e_t = 1 + alpha e_(t-1) (Leaky: e_t = 1)."""
-    cs = np.empty(steps, _F32)
-    c, e = _F32(0.0), _F32(1.0)
+    cs = np.empty(steps, F32)
+    c, e = F32(0.0), F32(1.0)
     for t in range(steps):
         if alpha is not None:
-            e = _F32(1.0) + alpha * e if t else _F32(1.0)
+            e = F32(1.0) + alpha * e if t else F32(1.0)
         c = e + beta * c
         cs[t] = c
     return cs
@@ -458,7 +392,7 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
     steps, outputs = g2.shape[0], g2.shape[2]
     per_step = cur1.shape[0] > 1
     cs = _step_weights(steps, alpha, beta)
-    gw2_parts = np.empty((chunks, outputs, hidden), _F32)
+    gw2_parts = np.empty((chunks, outputs, hidden), F32)
     gb2_parts = np.zeros((chunks, outputs), np.float64)
     for ch in prange(chunks):
         first, last = ch * batch // chunks, (ch + 1) * batch // chunks
@@ -467,10 +401,10 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
             last * outputs, g2_flat, gb2_parts[ch],
         )  # fmt: skip
         j, gj = _synapse_state(hidden, alpha), _synapse_state(hidden, alpha)
-        u = np.empty(hidden, _F32)
-        gu = np.empty(hidden, _F32)
-        u1 = np.empty((steps if per_step else 0, hidden), _F32)
-        s1 = np.empty((steps, hidden), _F32)
+        u = np.empty(hidden, F32)
+        gu = np.empty(hidden, F32)
+        u1 = np.empty((steps if per_step else 0, hidden), F32)
+        s1 = np.empty((steps, hidden), F32)
         gw2 = gw2_parts[ch]
         gw2[:] = 0
         for b in range(first, last):
@@ -486,7 +420,7 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
     for ch in range(1, chunks):
         grad_w2 += gw2_parts[ch]
     for k in range(outputs):
-        grad_b2[k] = _F32(gb2_parts[:, k].sum())
+        grad_b2[k] = F32(gb2_parts[:, k].sum())
 
 
 class _FusedLIFNet(torch.autograd.Function):
@@ -503,9 +437,9 @@ class _FusedLIFNet(torch.autograd.Function):
         counts = torch.zeros((chunks, hidden if activity else 0), dtype=torch.float64)
         tallies = torch.zeros((chunks, 3), dtype=torch.int64)
         w2, b2 = w2.detach().contiguous(), b2.detach()
-        alpha = None if alpha is None else _F32(alpha)  # None: Leaky
+        alpha = None if alpha is None else F32(alpha)  # None: Leaky
         _forward(
-            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, _F32(beta), _F32(thr),
+            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, F32(beta), F32(thr),
             chunks, spikes.numpy(), membranes.numpy(), activity, counts.numpy(),
             tallies.numpy(),
         )  # fmt: skip
@@ -531,8 +465,8 @@ class _FusedLIFNet(torch.autograd.Function):
         )  # None: the loss does not read them
         _backward(
             cur1.numpy(), w2.numpy(), membranes.reshape(flat).numpy(), grad_spikes,
-            grad_membranes, alpha, _F32(beta), _F32(thr), SURROGATE_CODE[surrogate],
-            _F32(slope), _chunks(batch), g2.numpy(), g2.reshape(flat).numpy(),
+            grad_membranes, alpha, F32(beta), F32(thr), SURROGATE_CODE[surrogate],
+            F32(slope), _chunks(batch), g2.numpy(), g2.reshape(flat).numpy(),
             grad_cur1.numpy(), grad_w2.numpy(), grad_b2.numpy(),
         )  # fmt: skip
         if ctx.static:
@@ -567,179 +501,3 @@ def fused_lif_net(
     return _FusedLIFNet.apply(
         cur1, fc2_weight, fc2_bias, num_steps, alpha, beta, threshold, surrogate, slope, activity
     )
-
-
-# --- fc1 on sparse inputs ----------------------------------------------------------------
-# MNIST images are ~80 % zeros, so fc1 costs a fifth of a dense GEMM if it skips them. Both
-# products are row operations on fc1's weight stored transposed, W1T (in, H), as the fused
-# backend's fc1 keeps it (`model.TransposedLinear`): cur1[b] = bias + sum over nonzero j of
-# x[b, j] W1T[j], and grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b].
-# Each thread takes blocks of hidden neurons: its columns of W1T stay in L2 for the
-# product, its outputs in L1.
-
-DENSE_INPUTS = 0.4  # share of nonzero inputs above which the dense GEMM is faster
-_MAX_BLOCK = 512  # hidden neurons per block at most: a block's W1T columns fit in L2
-
-
-def _block_size(hidden: int) -> int:
-    """Hidden neurons per block: blocks a multiple of the threads (each gets as many), as
-    large as `_MAX_BLOCK` allows (fewer passes over the inputs), a multiple of 16."""
-    threads = numba.get_num_threads()
-    blocks = threads * -(-hidden // (threads * _MAX_BLOCK))
-    return 16 * -(-hidden // (16 * blocks))
-
-
-@njit(parallel=True, error_model="numpy", cache=True)
-def _compress_rows(x, index, value, count):
-    """Each row's nonzero entries, in order: their columns in index[b, :count[b]], their
-    values in value[b, :count[b]] (branch-free: MNIST's zeros would be unpredictable)."""
-    for b in prange(x.shape[0]):
-        row, idx, val = x[b], index[b], value[b]
-        n = 0
-        for j in range(row.shape[0]):
-            v = row[j]
-            idx[n] = j
-            val[n] = v
-            n += v != 0
-        count[b] = n
-
-
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
-def _gather_axpy(out, rows, lo, index, value, n):
-    """out += sum over i < n of value[i] * rows[index[i], lo:lo + len(out)], eight rows a
-    pass (fewer trips of `out` through the cache). (rows[:, lo:hi] would lose numba's
-    knowledge that its rows are contiguous, and rows[j][lo + k] costs a negative-index test.)"""
-    hi = lo + out.shape[0]
-    i = 0
-    while i + 8 <= n:
-        v0, v1, v2, v3 = value[i], value[i + 1], value[i + 2], value[i + 3]
-        v4, v5, v6, v7 = value[i + 4], value[i + 5], value[i + 6], value[i + 7]
-        r0, r1 = rows[index[i], lo:hi], rows[index[i + 1], lo:hi]
-        r2, r3 = rows[index[i + 2], lo:hi], rows[index[i + 3], lo:hi]
-        r4, r5 = rows[index[i + 4], lo:hi], rows[index[i + 5], lo:hi]
-        r6, r7 = rows[index[i + 6], lo:hi], rows[index[i + 7], lo:hi]
-        for k in range(out.shape[0]):
-            out[k] += (
-                v0 * r0[k] + v1 * r1[k] + v2 * r2[k] + v3 * r3[k]
-                + v4 * r4[k] + v5 * r5[k] + v6 * r6[k] + v7 * r7[k]
-            )  # fmt: skip
-        i += 8
-    while i < n:
-        _axpy(out, value[i], rows[index[i], lo:hi])
-        i += 1
-
-
-@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear(index, value, count, wt, bias, out, block):
-    """out (B, H) = bias + x W1T from x's compressed rows; wt is W1T (in, H)."""
-    hidden = wt.shape[1]
-    for blk in prange((hidden + block - 1) // block):
-        lo, hi = blk * block, min(hidden, (blk + 1) * block)
-        for b in range(out.shape[0]):
-            o = out[b, lo:hi]
-            o[:] = bias[lo:hi]
-            _gather_axpy(o, wt, lo, index[b], value[b], count[b])
-
-
-@njit(error_model="numpy", cache=True)
-def _compress_columns(index, value, count, col_index, col_value, col_count):
-    """The compressed rows' entries regrouped by column: for column j, the rows b (in order)
-    with x[b, j] != 0 in col_index[j, :col_count[j]], their values in col_value."""
-    col_count[:] = 0
-    for b in range(index.shape[0]):
-        for i in range(count[b]):
-            j = index[b, i]
-            c = col_count[j]
-            col_index[j, c] = b
-            col_value[j, c] = value[b, i]
-            col_count[j] = c + 1
-
-
-@njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear_backward(index, value, count, grad, grad_wt, grad_bias, col_index,
-                            col_value, col_count, block):  # fmt: skip
-    """grad_wt (in, H) = x^T grad and grad_bias (H,) = grad summed over rows, from x's
-    compressed rows and grad (B, H)."""
-    hidden, inputs = grad.shape[1], grad_wt.shape[0]
-    _compress_columns(index, value, count, col_index, col_value, col_count)
-    for blk in prange((hidden + block - 1) // block):
-        lo, hi = blk * block, min(hidden, (blk + 1) * block)
-        gb = grad_bias[lo:hi]
-        gb[:] = 0
-        for b in range(grad.shape[0]):
-            gb += grad[b, lo:hi]
-        for j in range(inputs):
-            o = grad_wt[j, lo:hi]
-            o[:] = 0
-            _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
-
-
-class _FusedLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight_t, bias):
-        x = x.detach().contiguous()
-        weight_t, bias = weight_t.detach(), bias.detach()
-        batch, inputs = x.shape
-        index = torch.empty((batch, inputs), dtype=torch.int32)
-        value = torch.empty((batch, inputs), dtype=torch.float32)
-        count = torch.empty(batch, dtype=torch.int64)
-        _compress_rows(x.numpy(), index.numpy(), value.numpy(), count.numpy())
-        sparse = int(count.sum()) <= DENSE_INPUTS * x.numel()
-        if sparse:
-            out = x.new_empty((batch, weight_t.shape[1]))
-            _sparse_linear(
-                index.numpy(), value.numpy(), count.numpy(), weight_t.numpy(), bias.numpy(),
-                out.numpy(), _block_size(weight_t.shape[1]),
-            )  # fmt: skip
-            ctx.save_for_backward(weight_t, index, value, count)
-        else:  # the dense GEMM
-            out = torch.addmm(bias, x, weight_t)
-            ctx.save_for_backward(weight_t, x)
-        ctx.sparse = sparse
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        grad_x = None
-        weight_t = ctx.saved_tensors[0]
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight_t.t()
-        if ctx.sparse:
-            _, index, value, count = ctx.saved_tensors
-            grad_wt = torch.empty_like(weight_t)
-            grad_bias = grad.new_empty(grad.shape[1])
-            inputs, rows = index.shape[1], index.shape[0]  # a column holds at most every row
-            col_index = torch.empty((inputs, rows), dtype=torch.int32)
-            col_value = torch.empty((inputs, rows), dtype=torch.float32)
-            col_count = torch.empty(inputs, dtype=torch.int64)
-            _sparse_linear_backward(
-                index.numpy(), value.numpy(), count.numpy(), grad.numpy(), grad_wt.numpy(),
-                grad_bias.numpy(), col_index.numpy(), col_value.numpy(), col_count.numpy(),
-                _block_size(grad.shape[1]),
-            )  # fmt: skip
-        else:
-            x = ctx.saved_tensors[1]
-            grad_wt = x.t() @ grad
-            grad_bias = grad.sum(0)
-        return grad_x, grad_wt, grad_bias
-
-
-def fused_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """fc1 with its weight stored transposed, `weight_t` (in, H): x (B, in) -> x weight_t +
-    bias (B, H), skipping zero inputs on the CPU.
-
-    The numba path needs float32 CPU tensors, `weight_t` and `bias` contiguous; the weight's
-    gradient comes in its layout, contiguous (PyTorch's fused CPU Adam copies a parameter
-    that is not). With denser inputs (> `DENSE_INPUTS` nonzero) it is the dense GEMM;
-    anything else is `torch.nn.functional.linear`. The gradient of x is computed if asked
-    for.
-    """
-    numba_ok = (
-        x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
-        and weight_t.dtype == torch.float32 and bias is not None
-        and bias.dtype == torch.float32 and weight_t.is_contiguous() and bias.is_contiguous()
-    )  # fmt: skip
-    if not numba_ok:
-        return torch.nn.functional.linear(x, weight_t.t(), bias)
-    return _FusedLinear.apply(x, weight_t, bias)

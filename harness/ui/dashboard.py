@@ -16,7 +16,8 @@ from bottle import HTTPError
 from optuna.storages import BaseStorage
 
 from harness.errors import StoreError
-from harness.stores import JOURNAL, open_stores, resolve_output_dir, sqlite_path
+from harness.stores.layout import JOURNAL, resolve_output_dir, sqlite_path
+from harness.stores.opening import open_stores
 
 # Every public method of Optuna's BaseStorage, sorted into those that only read and those that
 # write (tests/test_dashboard.py checks that none is left out).

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from harness import decoding, efficiency, encoding
-from harness.config import ConfigError, RunConfig
-from harness.data import Batch, Dataset, Split, test_batches, train_batches
-from harness.metrics import METRICS
-from harness.model import NUM_OUTPUTS, build_model
+from harness.config import RunConfig
+from harness.data.loading import Batch, Dataset, Split, test_batches, train_batches
+from harness.errors import ConfigError
+from harness.network import decodings, encodings
+from harness.network.model import NUM_OUTPUTS, build_model
+from harness.training import efficiency
+from harness.training.metrics import METRICS
 
 # The metrics a finished run reports (the last evaluation's, and its training time).
 FINAL_METRICS = tuple(METRICS)
@@ -111,10 +113,10 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 def encoder(config: RunConfig, stream: str, device: torch.device) -> Encoder:
     """The run's input encoding of image batches (harness.encoding), drawing its spikes from
     the run's generator `stream`, on `device`; direct encoding passes the images through."""
-    spec = encoding.spec(config.encoding)
+    spec = encodings.spec(config.encoding)
     if not spec.spiking:
         return lambda images: images
-    generator = encoding.generator(config.seed, stream, device)
+    generator = encodings.generator(config.seed, stream, device)
     return lambda images: spec.encode(images, config.num_steps, generator)
 
 
@@ -133,11 +135,11 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         inputs = encode(images)
         out = model(inputs)
         workload.add(inputs, out)
-        loss_sum += float(decoding.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
+        loss_sum += float(decodings.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
             labels
         )
-        rate_hits += float((decoding.rate_predict(out.spikes) == labels).sum())
-        latency_hits += float((decoding.latency_predict(out.spikes) == labels).sum())
+        rate_hits += float((decodings.rate_predict(out.spikes) == labels).sum())
+        latency_hits += float((decodings.latency_predict(out.spikes) == labels).sum())
         hidden += float(out.hidden_spikes)
         output += float(out.spikes.sum())
     model.train()
@@ -162,8 +164,8 @@ def _test_batch(
     """Loss and accuracy on one test batch (the seed's per-report test loss)."""
     images, labels = batch
     out = model(encode(images))
-    loss = decoding.loss(how, out.spikes, out.membranes, labels)
-    hits = (decoding.predict(how, out.spikes) == labels).float().mean()
+    loss = decodings.loss(how, out.spikes, out.membranes, labels)
+    hits = (decodings.predict(how, out.spikes) == labels).float().mean()
     return {"test_loss": float(loss), "test_batch_accuracy": float(hits)}
 
 
@@ -251,7 +253,7 @@ def train(
                 if stop_check is not None:
                     stop_check()
                 out = model(encode_train(images))
-                loss = decoding.loss(config.decoding, out.spikes, out.membranes, labels)
+                loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

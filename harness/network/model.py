@@ -1,6 +1,6 @@
 """The tutorial-5 network, Linear(784, H) -> neurons -> Linear(H, 10) -> neurons, in two backends.
 
-Both layers use the run's neuron model (harness/neuron_models.py: snnTorch's Leaky, the
+Both layers use the run's neuron model (harness/neurons.py: snnTorch's Leaky, the
 seed's, or Synaptic). The input is the image (B, 784), the same current at every step
 (direct encoding), or spikes (T, B, 784) from harness.encoding.
 
@@ -28,10 +28,11 @@ import torch
 import yaml
 from torch import nn
 
-from harness import neuron_models
 from harness.config import RunConfig
-from harness.kernels import fused_lif_net, fused_linear
-from harness.surrogates import snntorch_surrogate
+from harness.network import neurons
+from harness.network.kernels.lif_scan import fused_lif_net
+from harness.network.kernels.sparse_linear import fused_linear
+from harness.network.surrogates import snntorch_surrogate
 
 NUM_INPUTS = 28 * 28
 NUM_OUTPUTS = 10
@@ -121,9 +122,9 @@ class FusedNet(nn.Module):
         super().__init__()
         if kernel not in ("auto", "numba", "torch"):
             raise ValueError(f"unknown kernel {kernel!r} (allowed: auto, numba, torch)")
-        self.neuron = neuron_models.spec(config.neuron)
+        self.neuron = neurons.spec(config.neuron)
         if kernel not in ("auto", "torch") and kernel not in self.neuron.kernels:
-            supported = [n for n, s in neuron_models.NEURONS.items() if kernel in s.kernels]
+            supported = [n for n, s in neurons.NEURONS.items() if kernel in s.kernels]
             raise ValueError(
                 f"kernel {kernel!r} does not run neuron {config.neuron} (it runs: "
                 f"{', '.join(supported)}); use kernel 'torch' or 'auto'"
@@ -170,7 +171,7 @@ class ReferenceNet(nn.Module):
 
         super().__init__()
         snn.SpikingNeuron.init()  # snnTorch keeps every neuron ever built (its issue #328)
-        self.neuron = neuron_models.spec(config.neuron)
+        self.neuron = neurons.spec(config.neuron)
         neuron = getattr(snn, self.neuron.snntorch)
         grad = snntorch_surrogate(config.surrogate, config.surrogate_slope)
         self.num_steps = config.num_steps

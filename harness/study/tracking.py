@@ -49,7 +49,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness import __version__  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.train import FINAL_METRICS, Event, RunResult  # noqa: E402
+from harness.training.loop import FINAL_METRICS, Event, RunResult  # noqa: E402
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import surrogates
+from harness.network import surrogates
 
 
 def _forward_torch(current, num_steps, alpha, beta, thr, spikes, membranes) -> None:

@@ -46,7 +46,7 @@ class NeuronSpec:
 
     def scan_function(self) -> Callable[..., Any]:
         """The torch scan of harness.neurons (imports torch)."""
-        return getattr(importlib.import_module("harness.neurons"), self.scan)
+        return getattr(importlib.import_module("harness.network.scans"), self.scan)
 
 
 # snnTorch's buffers besides the state: beta, threshold and graded_spikes_factor (float32,

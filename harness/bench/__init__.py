@@ -1,0 +1,1 @@
+"""`harness bench`: timing the backends side by side, the peer libraries, the profile."""
