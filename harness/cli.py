@@ -358,7 +358,7 @@ def _study(args: argparse.Namespace) -> int:
         raise ConfigError("--workers must be >= 1")
     check_description(config.name, config.description)
     interrupt.install()  # a stop signal ends the running trial cleanly, then the study
-    take_over_http_retries()  # bounded, and a stop signal heard while waiting (harness.retry)
+    take_over_http_retries()  # bounded, and a stop signal heard while waiting (stores.retry)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)
     start = time.perf_counter()
     print(f"study {config.name}: {stores.description}, mlflow {stores.tracking_uri}", flush=True)

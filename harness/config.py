@@ -1,6 +1,6 @@
 """Run configuration: one validated, plain-data description of a training run.
 
-The defaults are the seed's settings (snnTorch tutorial 5). Every problem with a config is a
+The defaults are the tutorial's settings (snnTorch tutorial 5). Every problem with a config is a
 `ConfigError` whose message names the key and what is allowed, so the CLI can print one line.
 """
 
@@ -27,15 +27,18 @@ from pydantic import (
 from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.network import neurons
+from harness.network.backends import BACKENDS, DEFAULT_BACKEND
+from harness.network.decodings import DECODINGS, DEFAULT_DECODING
 from harness.network.encodings import DEFAULT_ENCODING, ENCODINGS
 from harness.network.neurons import DEFAULT_NEURON, EXCLUSIVE_PARAMS, NEURONS
 from harness.network.surrogates import DEFAULT_SURROGATE, SURROGATES
+from harness.study.samplers import PRUNERS, SAMPLERS
 from harness.training.metrics import OBJECTIVE_METRICS
 
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
 MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and gradients
-# The names of data sets, neuron models, surrogates and encodings (and their parameters) come
-# from their tables (harness/datasets.py, neurons.py, surrogates.py, encoding.py), all
+# The names of data sets, neuron models, surrogates, encodings, decodings and backends (and
+# their parameters) come from their tables (harness/data/datasets.py, harness/network/), all
 # without torch: config.py must not import torch, so bad input is refused in a fraction of a
 # second.
 
@@ -58,7 +61,7 @@ class RunConfig(BaseModel):
     hidden: int = Field(1000, ge=1, le=MAX_HIDDEN, description="hidden LIF neurons")
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
     neuron: str = Field(
-        DEFAULT_NEURON, description="neuron model of both layers (harness/neurons.py)"
+        DEFAULT_NEURON, description="neuron model of both layers (harness/network/neurons.py)"
     )
     alpha: float | None = Field(
         None,
@@ -68,23 +71,25 @@ class RunConfig(BaseModel):
         "(unset: their default, 0.9)",
     )
     surrogate: str = Field(
-        DEFAULT_SURROGATE, description="surrogate gradient (harness/surrogates.py)"
+        DEFAULT_SURROGATE, description="surrogate gradient (harness/network/surrogates.py)"
     )
     slope: float | None = Field(
         None, gt=0.0, description="surrogate sharpness: atan's alpha or fast_sigmoid's slope"
     )
     encoding: str = Field(
-        DEFAULT_ENCODING, description="how images become input (harness/encoding.py)"
+        DEFAULT_ENCODING, description="how images become input (harness/network/encodings.py)"
     )
-    decoding: Literal["rate", "latency"] = "rate"
+    decoding: str = Field(
+        DEFAULT_DECODING, description="how output spikes become a loss and a class"
+    )
     lr: float = Field(5e-4, gt=0.0, allow_inf_nan=False)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(1, ge=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"
-    backend: Literal["fused", "reference"] = "fused"
+    backend: str = Field(DEFAULT_BACKEND, description="how the network is computed")
     eval_every: int = Field(25, ge=1, description="iterations between test-batch losses")
-    dataset: str = Field(DEFAULT_DATASET, description="the data set (harness/datasets.py)")
+    dataset: str = Field(DEFAULT_DATASET, description="the data set (harness/data/datasets.py)")
     train_subset: int | None = Field(None, ge=1, description="train on this many images")
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
@@ -136,7 +141,7 @@ class RunConfig(BaseModel):
             raise ValueError(complaint)
         return self
 
-    @field_validator("dataset", "neuron", "surrogate", "encoding")
+    @field_validator("dataset", "neuron", "surrogate", "encoding", "decoding", "backend")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
         table, what = _NAMED[info.field_name]
@@ -172,6 +177,8 @@ _NAMED: dict[str, tuple[dict[str, Any], str]] = {
     "neuron": (NEURONS, "neuron"),
     "surrogate": (SURROGATES, "surrogate"),
     "encoding": (ENCODINGS, "encoding"),
+    "decoding": (DECODINGS, "decoding"),
+    "backend": (BACKENDS, "backend"),
 }
 
 
@@ -279,10 +286,9 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 # ---------------------------------------------------------------------------------------------
 # Study files: what varies, how Optuna searches it, how many seeds, what to optimise.
 
-SAMPLERS = ("grid", "tpe", "random", "qmc", "nsga2")
-PRUNERS = ("none", "median", "hyperband")
 # Seeds are the study's `seeds`; its data sets are loaded once onto one device for all runs.
 FIXED_KEYS = ("seed", "device")
+MUTABLE_STUDY_KEYS = ("description", "n_trials")  # may change in a study file between runs
 MAX_SEEDS = 1000  # seeds per configuration
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"  # a plain folder name: never "." or ".."
 INT_KEYS = {name for name, f in RunConfig.model_fields.items() if f.annotation in (int, "int")}
@@ -314,7 +320,7 @@ class Choices(BaseModel):
 
 
 class Objective(BaseModel):
-    """A metric to optimise (a name of harness.metrics' table that may be an objective) and
+    """A metric to optimise (a name of harness.training.metrics' table that may be an objective) and
     which way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -333,17 +339,24 @@ class Pruner(BaseModel):
     """`interval`: report the objective every this many iterations (a multiple of eval_every)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    type: Literal["none", "median", "hyperband"] = "none"
+    type: str = "none"
     interval: int = Field(50, ge=1)
     warmup_steps: int = Field(100, ge=0)
     startup_trials: int = Field(3, ge=0)
+
+    @field_validator("type")
+    @classmethod
+    def _known_pruner(cls, value: str) -> str:
+        if value not in PRUNERS:
+            raise ValueError(f"unknown pruner (allowed: {', '.join(PRUNERS)})")
+        return value
 
 
 class AdaptiveSeeds(BaseModel):
     """Seeds spent where the answer is still open: every configuration first runs seeds
     0..min-1; then, round by round, each configuration whose paired CI against the current
     best still contains 0 and is wider than ±`resolution` (objective units) gets the next
-    seed, as does the best, until it is decided or has `max` seeds (harness.seed_rounds)."""
+    seed, as does the best, until it is decided or has `max` seeds (harness.study.seed_rounds)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     min: StrictInt = Field(ge=2, le=MAX_SEEDS, description="seeds every configuration runs")
@@ -365,7 +378,7 @@ class StudyConfig(BaseModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, list[Any] | Range | Choices] = Field(min_length=1)
-    sampler: Literal["grid", "tpe", "random", "qmc", "nsga2"] = "grid"
+    sampler: str = "grid"
     sampler_seed: int | None = Field(None, ge=0, description="seed of a search's sampler")
     n_trials: int | None = Field(None, ge=1)
     seeds: StrictInt | list[StrictInt] | AdaptiveSeeds = 1
@@ -373,6 +386,13 @@ class StudyConfig(BaseModel):
     # one leading wherever one is needed); both become this list.
     objectives: list[Objective] = Field(default_factory=lambda: [Objective()], min_length=1)
     pruner: Pruner = Pruner()
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler (allowed: {', '.join(SAMPLERS)})")
+        return value
 
     @model_validator(mode="before")
     @classmethod

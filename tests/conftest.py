@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from harness.data import acquire, loading
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an idx file of unsigned bytes (the MNIST format)."""
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images whose class is a bright horizontal band (row 2 + 2 * label), plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 10
-    rng.shuffle(labels)
-    images = rng.integers(0, 60, size=(count, 28, 28))
-    for i, label in enumerate(labels):
-        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
-    return images.astype(np.uint8), labels.astype(np.uint8)
+from tests.helpers import synthetic_digits, write_idx
 
 
 @pytest.fixture
@@ -68,21 +46,3 @@ def mnist_dir() -> Path:
 def _seeded() -> None:
     """Every test starts from the same torch random state."""
     torch.manual_seed(0)
-
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package (make install)
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-@contextmanager
-def chromium_page(width: int, height: int) -> Iterator:
-    """A page of headless Chromium (driven by Playwright), closed afterwards."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": width, "height": height})
-        finally:
-            browser.close()

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from tests.test_study import _free_port
+from tests.helpers import free_port
 
 
 class Server:
@@ -28,7 +28,7 @@ class Server:
         self.base.chmod(0o755)
         if self.root:
             shutil.chown(self.base, "postgres")
-        self.port = _free_port()
+        self.port = free_port()
         self.data = self.base / "data"
         self.url = f"postgresql://harness@127.0.0.1:{self.port}"
         self.run("initdb", "-D", str(self.data), "-A", "trust", "-U", "harness", "--no-sync")

@@ -15,8 +15,9 @@ from harness import stats
 from harness.config import AdaptiveSeeds, load_study
 from harness.errors import ConfigError
 from harness.study.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
-from harness.study.settled import EXTENDS, ROUND_SEED, STOPPED_TAG, round_plan
-from tests.test_study import ROOT, run_cli, seed_runs, stores_of, write_study
+from harness.study.settled import EXTENDS, ROUND_SEED, round_plan
+from harness.study.tags import STOPPED_TAG
+from tests.helpers import ROOT, run_cli, seed_runs, stores_of, write_study
 
 RULE = AdaptiveSeeds(min=3, max=6, resolution=0.001)
 

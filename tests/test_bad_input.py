@@ -4,7 +4,6 @@ stderr, exit code 2, no traceback, and nothing written anywhere."""
 import json
 import re
 import string
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,6 +17,7 @@ from harness.errors import ConfigError
 from harness.network.encodings import ENCODINGS
 from harness.network.neurons import NEURONS
 from harness.network.surrogates import SURROGATES
+from tests.helpers import assert_refused
 
 FIELDS = [name for name in RunConfig.model_fields if name != "save_model"]
 SETTINGS = settings(
@@ -72,17 +72,6 @@ bad_setting = st.one_of(
 
 def _yaml_scalar(value) -> str:
     return json.dumps(value) if isinstance(value, float) else str(value)
-
-
-def assert_refused(code: int, capsys, *untouched: Path) -> str:
-    captured = capsys.readouterr()
-    assert code == 2
-    assert captured.out == ""
-    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
-    assert "Traceback" not in captured.err
-    for path in untouched:
-        assert not path.exists()
-    return captured.err
 
 
 @SETTINGS

@@ -23,7 +23,7 @@ from harness.config import load_study
 from harness.stores.opening import open_stores
 from harness.study.runner import open_study, run_study
 from harness.study.settled import grid_key
-from tests.test_study import run_cli, write_study
+from tests.helpers import run_cli, write_study
 
 SEEDS = [0, 1, 2]
 # Per study, per beta: (test_accuracy, test_loss, train_seconds) of each finished seed; a

@@ -1,13 +1,15 @@
 import subprocess
 import sys
 from pathlib import Path
-from typing import get_args
 
+import numpy as np
 import pytest
+import torch
 
 from harness.cli import main
-from harness.config import RunConfig, load_run_config, make_run_config
+from harness.config import RunConfig, load_run_config, load_study, make_run_config
 from harness.errors import ConfigError
+from harness.network.surrogates import SURROGATES
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -109,12 +111,10 @@ def test_bad_neurons_encodings_and_alphas_are_one_line_naming_what_is_allowed(va
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_tables_are_the_only_lists_of_names():
-    from harness.network import decodings, neurons, surrogates
-    from harness.network.kernels import lif_scan
+def test_the_tables_are_the_only_lists_of_names(tmp_path):
+    from harness.network import backends, decodings, neurons, surrogates
+    from harness.study import samplers
 
-    # the CPU kernel branches on the surrogate table's codes
-    assert lif_scan.SURROGATE_CODE == {n: s.kernel_code for n, s in surrogates.SURROGATES.items()}
     assert {n: s.default_slope for n, s in surrogates.SURROGATES.items()} == {
         "atan": 2.0,
         "fast_sigmoid": 25.0,
@@ -124,8 +124,47 @@ def test_the_tables_are_the_only_lists_of_names():
         "leaky",
         "synaptic",
     ]
-    # decodings: config.py cannot import decodings.py (torch); its names are decoding's table
-    assert get_args(RunConfig.model_fields["decoding"].annotation) == decodings.DECODINGS
+    # every setting that names a table entry refuses another name, listing the table's
+    for key, table in (
+        ("decoding", decodings.DECODINGS),
+        ("backend", backends.BACKENDS),
+        ("surrogate", surrogates.SURROGATES),
+        ("neuron", neurons.NEURONS),
+    ):
+        with pytest.raises(ConfigError) as err:
+            make_run_config({key: "nonesuch"})
+        assert f"(allowed: {', '.join(table)})" in str(err.value), key
+    for key, table in (("sampler", samplers.SAMPLERS), ("pruner", samplers.PRUNERS)):
+        value = "{type: nonesuch}" if key == "pruner" else "nonesuch"
+        path = tmp_path / f"{key}.yaml"
+        path.write_text(f"name: {key}\nspace: {{beta: [0.9]}}\n{key}: {value}\n")
+        with pytest.raises(ConfigError) as err:
+            load_study(str(path))
+        assert f"(allowed: {', '.join(table)})" in str(err.value), key
+
+
+@pytest.mark.parametrize("name", list(SURROGATES))
+def test_the_kernel_computes_each_surrogates_derivative(name):
+    """The CPU kernel's branch for every entry of the surrogate table gives the entry's own
+    derivative (float32), over both signs, near and far from the threshold."""
+    from harness.network.kernels.lif_scan import _surrogate
+
+    spec = SURROGATES[name]
+    xs = np.array([-3.0, -0.5, -0.01, 0.0, 0.01, 0.2, 1.0, 4.0], dtype=np.float32)
+    for slope in (0.5, spec.default_slope, 100.0):
+        kernel = [_surrogate(x, spec.kernel_code, np.float32(slope)) for x in xs]
+        expected = spec.derivative(torch.from_numpy(xs), slope).numpy()
+        np.testing.assert_allclose(
+            kernel, expected, rtol=1e-5, atol=1e-7, err_msg=f"{name} {slope}"
+        )
+
+
+def test_the_kernel_refuses_a_surrogate_code_it_does_not_know():
+    from harness.network.kernels.lif_scan import _surrogate
+
+    unknown = max(spec.kernel_code for spec in SURROGATES.values()) + 1
+    with pytest.raises(ValueError, match="unknown surrogate code"):
+        _surrogate(np.float32(0.1), unknown, np.float32(2.0))
 
 
 def test_config_reads_its_tables_without_torch():

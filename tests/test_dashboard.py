@@ -20,8 +20,7 @@ from optuna.trial import TrialState
 
 from harness.cli import main
 from harness.ui.dashboard import READS, WRITES, ReadOnlyError, ReadOnlyStorage
-from tests.conftest import chromium_page
-from tests.test_study import ROOT, _free_port, run_cli, write_study
+from tests.helpers import ROOT, chromium_page, free_port, run_cli, write_study
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +105,7 @@ def _closed(port: int) -> bool:
 def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
 
     journal = (out / "optuna.journal").read_bytes()
-    port = _free_port()
+    port = free_port()
     server = _start(port, "--output-dir", str(out))
     try:
         first = server.stdout.readline()
@@ -161,7 +160,7 @@ def test_a_stop_signal_ends_the_dashboard_on_a_database(how, tmp_path):
     study.set_metric_names(["test_loss"])
     study.enqueue_trial({"x": 1.0})
     study.optimize(lambda t: t.suggest_float("x", 0, 2) ** 2, n_trials=1)
-    port = _free_port()
+    port = free_port()
     server = _start(port, "--storage", url)
     try:
         studies = _wait_for_studies(server, port)
@@ -203,7 +202,7 @@ def test_a_busy_port_is_one_line(out, capsys):
 
 
 def test_missing_stores_are_one_line_and_nothing_is_made(tmp_path, capsys):
-    port = str(_free_port())
+    port = str(free_port())
     assert main(["dashboard", "--port", port, "--output-dir", str(tmp_path / "none")]) == 1
     assert f"no Optuna journal at {tmp_path / 'none' / 'optuna.journal'}" in _one_error_line(capsys)
     assert not (tmp_path / "none").exists()

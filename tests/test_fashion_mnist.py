@@ -13,8 +13,8 @@ import torch
 from harness.data import acquire, loading
 from harness.data.datasets import DATASETS
 from harness.errors import DataError
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = DATASETS["fashion_mnist"]
 pytestmark = pytest.mark.skipif(
     SPEC.debian_dir is None or not SPEC.debian_dir.is_dir(),
@@ -125,7 +125,7 @@ def test_training_on_a_small_subset_beats_chance(fashion_dir):
 
 
 def test_a_study_varying_the_dataset_loads_each_for_its_runs(fashion_dir, mnist_dir, tmp_path):
-    from tests.test_study import TINY, run_cli, seed_runs, stores_of, write_study
+    from tests.helpers import TINY, run_cli, seed_runs, stores_of, write_study
 
     both = tmp_path / "data"
     shutil.copytree(

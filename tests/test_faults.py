@@ -21,14 +21,15 @@ from harness.report import aggregate, build_report
 from harness.stores.opening import open_stores
 from harness.study import tracking
 from harness.study.runner import run_study
-from harness.study.settled import FAILED_TAG, settled_trials
+from harness.study.settled import settled_trials
 from harness.study.table import summary_rows
-from tests.test_study import (
+from harness.study.tags import FAILED_TAG
+from tests.helpers import (
     ROOT,
-    _start_study,
-    _wait_for_running_run,
     run_cli,
     seed_runs,
+    start_study,
+    wait_for_running_run,
     write_study,
 )
 
@@ -217,8 +218,8 @@ def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
 ):
     path = write_study(tmp_path, "sig", base=SLOW, space={"beta": [0.8, 0.9]})
     out = tmp_path / "out"
-    process = _start_study(path, out, mnist_dir)
-    run_id = _wait_for_running_run(out, "sig")
+    process = start_study(path, out, mnist_dir)
+    run_id = wait_for_running_run(out, "sig")
     time.sleep(1.0)  # well inside training
     sent = time.monotonic()
     process.send_signal(getattr(signal, how))
@@ -239,7 +240,7 @@ def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
 def test_a_signal_at_any_moment_of_start_up_is_honoured(tmp_path, mnist_dir, delay):
     path = write_study(tmp_path, "early", space={"beta": [0.9]})
     out = tmp_path / "out"
-    process = _start_study(path, out, mnist_dir)
+    process = start_study(path, out, mnist_dir)
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -260,7 +261,7 @@ def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **fast, "HARNESS_WORKER_HOST": "laptop"},
     )  # fmt: skip
-    paused_run = _wait_for_running_run(out, "pause")
+    paused_run = wait_for_running_run(out, "pause")
     first.send_signal(signal.SIGSTOP)
     try:
         time.sleep(5)  # longer than the stale limit: the other host takes it for dead
@@ -289,7 +290,7 @@ def test_a_paused_worker_on_this_host_is_not_declared_dead(tmp_path, mnist_dir):
         [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir)], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fast,
     )  # fmt: skip
-    _wait_for_running_run(out, "nap")
+    wait_for_running_run(out, "nap")
     first.send_signal(signal.SIGSTOP)
     try:
         time.sleep(3)
@@ -363,8 +364,8 @@ def test_a_full_disk_during_training_is_one_line_and_fails_run_and_trial(
         tmp_path, "full", base={**SLOW, "train_subset": 19200}, space={"beta": [0.8]}
     )  # fmt: skip
     out = small_disk / "out"
-    process = _start_study(path, out, mnist_dir)
-    run_id = _wait_for_running_run(out, "full")
+    process = start_study(path, out, mnist_dir)
+    run_id = wait_for_running_run(out, "full")
     filler = small_disk / "filler"
     with open(filler, "wb") as handle:
         try:

@@ -17,7 +17,7 @@ from harness.config import load_study
 from harness.report.render import write_index
 from harness.stores.opening import open_stores
 from harness.study.runner import run_study
-from tests.test_study import write_study
+from tests.helpers import write_study
 
 SCRIPT = "<script>alert(1)</script>"
 

@@ -19,12 +19,12 @@ from harness.report import aggregate, build_report
 from harness.report.compare import direction_of
 from harness.stores.opening import open_stores
 from harness.study.runner import open_study, run_study
-from harness.study.scheduling import next_trial, population_size
+from harness.study.samplers import population_size
+from harness.study.scheduling import next_trial
 from harness.study.settled import pareto_trials
 from harness.study.table import format_table
 from harness.training.metrics import METRICS, OBJECTIVE_METRICS
-from tests.test_bad_input import assert_refused
-from tests.test_study import ROOT, write_study
+from tests.helpers import ROOT, assert_refused, write_study
 
 TWO = [
     {"metric": "test_accuracy", "direction": "maximize"},

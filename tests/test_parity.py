@@ -5,30 +5,9 @@ import torch
 from snntorch import functional as SF
 
 from harness.config import make_run_config
-from harness.network import decodings, encodings
-from harness.network.model import Activity, FusedNet, build_model
-
-
-def twin_models(kernel="auto", **settings):
-    config = make_run_config({"hidden": 64, **settings})
-    torch.manual_seed(1)
-    reference = build_model(config.model_copy(update={"backend": "reference"}))
-    fused = FusedNet(config, kernel=kernel)
-    fused.fc1.load_state_dict(reference.fc1.state_dict())
-    fused.fc2.load_state_dict(reference.fc2.state_dict())
-    return config, reference, fused
-
-
-def run(model, config, images, labels):
-    model.zero_grad()
-    out = model(images)
-    loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
-    loss.backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    if "fc1.weight_t" in grads:  # the fused fc1 keeps its weight transposed
-        grads["fc1.weight"] = grads.pop("fc1.weight_t").t()
-    return out, loss.detach(), grads
-
+from harness.network import encodings, readout
+from harness.network.model import Activity, FusedNet
+from tests.helpers import assert_same, images_and_labels, twin_models
 
 CASES = [
     dict(beta=0.95, num_steps=25, surrogate="atan", slope=2.0, decoding="rate"),
@@ -38,34 +17,6 @@ CASES = [
     dict(beta=0.9, num_steps=25, surrogate="atan", slope=0.5, decoding="latency"),
     dict(beta=0.8, num_steps=15, surrogate="fast_sigmoid", slope=25.0, decoding="latency"),
 ]
-
-
-def assert_same(config, reference, fused, inputs, labels, membranes_to_scale=False):
-    """Spikes equal away from the threshold, membranes and loss to 1e-6, gradients to 1e-5.
-    `membranes_to_scale`: membranes to 1e-6 of their largest magnitude (as the gradients),
-    where fc2's reassociated sums feed a Synaptic output layer: it integrates them twice
-    (current, then membrane), up to |U| ~ 100, and float32 rounding grows with it."""
-    ref_out, ref_loss, ref_grads = run(reference, config, inputs, labels)
-    out, loss, grads = run(fused, config, inputs, labels)
-
-    assert ref_out.spikes.sum() > 0  # the comparison is not vacuous
-    near_threshold = (ref_out.membranes - config.threshold).abs() < 1e-6
-    assert torch.equal(out.spikes[~near_threshold], ref_out.spikes[~near_threshold])
-    # 1e-6, relative where |U| > 1: float32 spacing at |U| = 8 is already 9.5e-7.
-    scale = float(ref_out.membranes.detach().abs().max()) if membranes_to_scale else 1.0
-    torch.testing.assert_close(out.membranes, ref_out.membranes, rtol=1e-6, atol=1e-6 * scale)
-    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
-    for name, ref_grad in ref_grads.items():
-        assert ref_grad.abs().max() > 0, name
-        scale = float(ref_grad.abs().max())
-        torch.testing.assert_close(grads[name], ref_grad, rtol=1e-5, atol=1e-5 * scale)
-
-
-def images_and_labels(seed=2, batch=32):
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(batch, 784, generator=generator) * 1.5
-    labels = torch.randint(0, 10, (batch,), generator=generator)
-    return images, labels
 
 
 @pytest.mark.parametrize("kernel", ["numba", "torch"])
@@ -155,15 +106,15 @@ def test_latency_decoding_matches_snntorch_functional():
     labels = torch.randint(0, 10, (64,), generator=generator)
     ours_in = spikes.clone().requires_grad_()
     theirs_in = spikes.clone().requires_grad_()
-    ours = decodings.latency_loss(ours_in, labels)
+    ours = readout.latency_loss(ours_in, labels)
     theirs = SF.ce_temporal_loss()(theirs_in, labels)
     ours.backward()
     theirs.backward()
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ours_in.grad, theirs_in.grad)
-    accuracy = float((decodings.latency_predict(spikes) == labels).float().mean())
+    accuracy = float((readout.latency_predict(spikes) == labels).float().mean())
     assert accuracy == pytest.approx(SF.accuracy_temporal(spikes, labels))
-    assert decodings.latency_predict(spikes)[0] == 0  # ties go to the lower class index
+    assert readout.latency_predict(spikes)[0] == 0  # ties go to the lower class index
 
 
 def test_rate_decoding_is_the_seeds_sum_of_per_step_losses():
@@ -172,5 +123,5 @@ def test_rate_decoding_is_the_seeds_sum_of_per_step_losses():
     spikes = (membranes > 0.5).float()
     labels = torch.randint(0, 10, (32,), generator=generator)
     per_step = sum(torch.nn.functional.cross_entropy(membranes[t], labels) for t in range(25))
-    torch.testing.assert_close(decodings.rate_loss(membranes, labels), per_step)
-    assert torch.equal(decodings.rate_predict(spikes), spikes.sum(0).max(1).indices)
+    torch.testing.assert_close(readout.rate_loss(membranes, labels), per_step)
+    assert torch.equal(readout.rate_predict(spikes), spikes.sum(0).max(1).indices)

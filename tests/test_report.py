@@ -19,8 +19,7 @@ from harness.config import load_study
 from harness.report import build_report
 from harness.stores.opening import open_stores
 from harness.study.runner import run_study
-from tests.conftest import chromium_page
-from tests.test_study import seed_runs, write_study
+from tests.helpers import chromium_page, seed_runs, write_study
 
 
 @pytest.fixture(scope="module")

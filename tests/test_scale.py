@@ -17,8 +17,8 @@ from harness.config import make_run_config
 from harness.network.model import load_weights
 from harness.stores.opening import open_stores
 from harness.ui.servers import stop_process_group
+from tests.helpers import free_port, run_cli, seed_runs, write_study
 from tests.postgres import Server
-from tests.test_study import _free_port, run_cli, seed_runs, write_study
 
 GRID = {"beta": [0.7, 0.8, 0.9], "decoding": ["rate", "latency"]}
 
@@ -64,7 +64,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
     """An MLflow tracking server backed by PostgreSQL, serving artifacts, on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("artifacts")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow",

@@ -22,10 +22,11 @@ from optuna.trial import TrialState
 
 from harness.stores.lock import advisory_lock
 from harness.stores.opening import open_stores
-from harness.study.settled import FAILED_TAG, settled_trials
+from harness.study.settled import settled_trials
+from harness.study.tags import FAILED_TAG
 from harness.ui.servers import stop_process_group
+from tests.helpers import ROOT, free_port, wait_for_running_run, write_study
 from tests.postgres import Server
-from tests.test_study import ROOT, _free_port, _wait_for_running_run, write_study
 
 
 class Worker:
@@ -242,7 +243,7 @@ def _parent(stat: Path) -> int | None:
 def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
     folder = tmp_path / "server"
     folder.mkdir()
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     path = write_study(tmp_path, "remote", space={"beta": [0.6, 0.7, 0.8, 0.9]}, seeds=2)
     out = tmp_path / "out"
@@ -291,7 +292,7 @@ def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_pat
     out = tmp_path / "out"
     args = study_args(path, mnist_dir, "--output-dir", str(out))
     first = Worker(args, tmp_path)
-    _wait_for_running_run(out, "share")
+    wait_for_running_run(out, "share")
     time.sleep(0.5)
     first.process.send_signal(signal.SIGSTOP)
     try:

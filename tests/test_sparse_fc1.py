@@ -5,8 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.network.kernels.sparse_linear import fused_linear
-from tests.test_parity import assert_same, run, twin_models
+from harness.network.kernels.sparse_linear import sparse_linear
+from tests.helpers import assert_same, run, twin_models
 
 
 def sparse_images(density: float, batch: int = 64, seed: int = 7) -> torch.Tensor:
@@ -24,7 +24,7 @@ def test_fc1_equals_a_linear_layer_forward_and_backward(density):
     images = sparse_images(density).requires_grad_()
     expected_images = images.detach().clone().requires_grad_()
 
-    out = fused_linear(images, weight_t, bias)
+    out = sparse_linear(images, weight_t, bias)
     expected = F.linear(expected_images, layer.weight, layer.bias)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)

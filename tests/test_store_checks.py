@@ -15,7 +15,7 @@ import pytest
 
 from harness.cli import main
 from harness.stores.sqlite import check_tracking_database
-from tests.test_study import run_cli, write_study
+from tests.helpers import run_cli, write_study
 
 PAGE = 4096
 

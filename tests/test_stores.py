@@ -24,7 +24,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from harness.errors import StoreError
 from harness.stores.opening import open_stores
 from harness.stores.sqlite import BUILDING, check_tracking_database
-from tests.test_study import ROOT, run_cli, write_study
+from tests.helpers import ROOT, run_cli, write_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

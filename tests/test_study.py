@@ -1,58 +1,31 @@
 """Studies through the CLI, at smoke scale, against real Optuna and MLflow stores."""
 
-import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness.cli import main
 from harness.config import load_study
 from harness.errors import ConfigError
-from harness.stores.opening import open_stores
-from tests.conftest import chromium_page
-
-ROOT = Path(__file__).resolve().parent.parent
-TINY = {
-    "train_subset": 640, "test_subset": 300, "subset_sampling": "stratified",
-    "hidden": 100, "num_steps": 10, "eval_every": 5, "batch_size": 32,
-}  # fmt: skip
-
-
-def write_study(folder: Path, name: str, **fields) -> Path:
-    body = {"name": name, "base": {**TINY, **fields.pop("base", {})}, **fields}
-    path = folder / f"{name}.yaml"
-    path.write_text(json.dumps(body))  # JSON is YAML
-    return path
-
-
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
-
-
-def stores_of(out: Path):
-    stores = open_stores(out)
-    return stores, MlflowClient(stores.tracking_uri)
-
-
-def seed_runs(client: MlflowClient, name: str, parents: bool = False) -> list:
-    """A study's runs of seeds (children), or with `parents` its configurations' runs."""
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) != parents]
+from tests.helpers import (
+    ROOT,
+    chromium_page,
+    free_port,
+    run_cli,
+    seed_runs,
+    start_study,
+    stores_of,
+    wait_for_json,
+    wait_for_running_run,
+    write_study,
+)
 
 
 def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir):
@@ -219,7 +192,7 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
     out = tmp_path / "out"
     done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
     assert done.returncode == 0, done.stderr
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "harness", "ui", "--output-dir", str(out), "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -227,7 +200,7 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
     try:
         assert f"http://127.0.0.1:{port}" in server.stdout.readline()
         base = f"http://127.0.0.1:{port}"
-        experiments = _wait_for_json(
+        experiments = wait_for_json(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
         )
         experiment_id = experiments["experiment"]["experiment_id"]
@@ -252,48 +225,6 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_json(url: str, seconds: float = 90) -> dict:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                return json.load(response)
-        except (urllib.error.URLError, ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-def _start_study(path: Path, out: Path, mnist_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
-         "--data-dir", str(mnist_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _wait_for_running_run(out: Path, name: str, seconds: float = 120) -> str:
-    """The MLflow run of a trial that is running, read from Optuna's journal (reading the
-    SQLite database while the study may still be creating it would race its set-up)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if (out / "optuna.journal").exists():
-            storage = open_stores(out).storage
-            if name in [s.study_name for s in optuna.get_all_study_summaries(storage)]:
-                study = optuna.load_study(study_name=name, storage=storage)
-                for trial in study.get_trials(states=(TrialState.RUNNING,)):
-                    if trial.user_attrs.get("mlflow_run_ids"):
-                        return trial.user_attrs["mlflow_run_ids"][0]
-        time.sleep(0.3)
-    raise TimeoutError("no run started")
-
-
 SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
 
 
@@ -301,8 +232,8 @@ def test_a_killed_study_resumes_with_consistent_stores(tmp_path, mnist_dir):
     """kill -9 during training (signals and other kill points: tests/test_faults.py)."""
     path = write_study(tmp_path, "killed", base=SLOW, space={"beta": [0.8, 0.9]})
     out = tmp_path / "out"
-    process = _start_study(path, out, mnist_dir)
-    killed_run = _wait_for_running_run(out, "killed")
+    process = start_study(path, out, mnist_dir)
+    killed_run = wait_for_running_run(out, "killed")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode != 0

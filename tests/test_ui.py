@@ -9,19 +9,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from harness.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import ROOT, free_port
 
 
 def _answers(port: int) -> bool:
@@ -62,7 +54,7 @@ def test_a_server_that_stops_by_itself_fails_the_ui(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # the database's folder cannot be made under a file
     done = subprocess.run(
-        [sys.executable, "-m", "harness", "ui", "--port", str(_free_port()),
+        [sys.executable, "-m", "harness", "ui", "--port", str(free_port()),
          "--tracking-uri", f"sqlite:///{blocker}/mlflow.db"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
@@ -72,7 +64,7 @@ def test_a_server_that_stops_by_itself_fails_the_ui(tmp_path):
 
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_whole_server(how, tmp_path):
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "harness", "ui", "--output-dir", str(tmp_path / "out"),
          "--port", str(port)],

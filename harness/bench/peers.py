@@ -1,5 +1,34 @@
-"""`harness bench --peers`: the tutorial-5 case in snnTorch, SpikingJelly, Norse and both
-fused paths, from the same weights on the same batches.
+"""`harness bench --peers` times rows of the tutorial-5 case (batch 128) that show where the
+speed comes from and against whom, all from one seeded nn.Linear pair's weights, interleaved in
+rounds on the same batches, each with its rate loss on the first batch before any step:
+
+- snnTorch as written (the `reference` backend: fc1 at every step);
+- snnTorch with fc1 computed once before the step loop (the input is static);
+- snnTorch under `torch.compile` (`--compile` only: it compiles for minutes);
+- SpikingJelly's multi-step `LIFNode` (its CPU path is plain PyTorch), fc1 once, fc2 over
+  all steps in one product (its multi-step idiom);
+- Norse's `LIFBoxCell` (the LIF without a synaptic current), fc1 once, a step loop;
+- the fused backend's torch-ops path (`FusedNet(kernel="torch")`);
+- the fused backend's CPU kernel (`FusedNet(kernel="numba")`, the `fused` backend).
+
+The peers come as close to snnTorch's Leaky (U[t] = beta U[t-1] + I[t] - S[t-1] thr,
+S[t] = U[t] > thr, the reset detached, ATan surrogate) as each allows; what differs:
+
+- SpikingJelly: tau = 1 / (1 - beta), decay_input=False (H[t] = beta V[t-1] + I[t]),
+  v_reset=None (soft reset V[t] = H[t] - S[t] thr), detach_reset=True, ATan(alpha=slope),
+  whose gradient alpha / 2 / (1 + (pi alpha x / 2)^2) is snnTorch's. Its reset happens
+  within the step, so the next step decays it: it subtracts beta thr where snnTorch
+  subtracts thr. It fires on H >= thr (snnTorch on U > thr). The loss reads H[t] (snnTorch's
+  membrane, before the reset), rebuilt as V[t] + S[t] thr with the spike detached.
+- Norse: its decay scales the input, v + dt/tau (I - v); dt = 1, 1/tau = 1 - beta and the
+  input current scaled by 1/(1 - beta) give beta v + I. Its own `reset_subtract`
+  (v - z thr, within the step) would be decayed like SpikingJelly's, with the gradient
+  flowing through the spike; its parameters take any reset function, so this one subtracts
+  thr / beta with the spike detached, which its decay at the next step turns into
+  snnTorch's reset exactly. It fires on v > thr, like snnTorch. It has no ATan surrogate:
+  "circ" with alpha = 2 / (pi slope) has the gradient (1 + (pi slope x / 2)^2)^(-3/2)
+  (snnTorch's: (slope / 2) / (1 + (pi slope x / 2)^2)): the same peak and scale at slope 2,
+  thinner tails. The loss reads the membrane before the reset, v + z thr / beta.
 """
 
 from __future__ import annotations
@@ -16,7 +45,7 @@ from torch import nn
 from harness.bench.timing import ROUND, time_steps, training_step
 from harness.config import RunConfig, make_run_config
 from harness.errors import ConfigError
-from harness.network import decodings
+from harness.network import readout
 from harness.network.model import (
     NUM_INPUTS,
     NUM_OUTPUTS,
@@ -185,7 +214,7 @@ def initial_loss(
     """The loss on a batch before any step; its backward runs too (gradients dropped,
     weights untouched), so compiled graphs and kernels are built before timing."""
     out = model(images)
-    loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
+    loss = readout.loss(config.decoding, out.spikes, out.membranes, labels)
     value = float(loss.detach())
     loss.backward()
     for param in model.parameters():

@@ -16,7 +16,7 @@ def profile_fused(
     """Where the fused backend's tutorial-5 training iteration spends its time: PyTorch's
     profiler over the batches after `warmup` untimed ones, each operation's own time (ms an
     iteration), longest first. The kernels and sparse products are autograd functions, so
-    they show by name (_FusedLIFNet and _FusedLIFNetBackward, _FusedLinear...)."""
+    they show by name (_FusedLIFNet and _FusedLIFNetBackward, _SparseLinear...)."""
     from torch.profiler import ProfilerActivity, profile
 
     step = trainer(make_run_config({"device": str(device)}), device)

@@ -7,38 +7,6 @@ median time of a full training iteration (forward, loss, backward, Adam step). P
 is measured per backend in a fresh process: on CUDA the allocator's peak, on the CPU the
 growth of the resident set's high-water mark over one training step (Linux `VmHWM`, reset
 before the step).
-
-`--peers` instead times rows of the tutorial-5 case (batch 128) that show where the speed
-comes from and against whom, all from one seeded nn.Linear pair's weights, interleaved in
-rounds on the same batches, each with its rate loss on the first batch before any step:
-
-- snnTorch as written (the `reference` backend: fc1 at every step);
-- snnTorch with fc1 computed once before the step loop (the input is static);
-- snnTorch under `torch.compile` (`--compile` only: it compiles for minutes);
-- SpikingJelly's multi-step `LIFNode` (its CPU path is plain PyTorch), fc1 once, fc2 over
-  all steps in one product (its multi-step idiom);
-- Norse's `LIFBoxCell` (the LIF without a synaptic current), fc1 once, a step loop;
-- the fused backend's torch-ops path (`FusedNet(kernel="torch")`);
-- the fused backend's CPU kernel (`FusedNet(kernel="numba")`, the `fused` backend).
-
-The peers come as close to snnTorch's Leaky (U[t] = beta U[t-1] + I[t] - S[t-1] thr,
-S[t] = U[t] > thr, the reset detached, ATan surrogate) as each allows; what differs:
-
-- SpikingJelly: tau = 1 / (1 - beta), decay_input=False (H[t] = beta V[t-1] + I[t]),
-  v_reset=None (soft reset V[t] = H[t] - S[t] thr), detach_reset=True, ATan(alpha=slope),
-  whose gradient alpha / 2 / (1 + (pi alpha x / 2)^2) is snnTorch's. Its reset happens
-  within the step, so the next step decays it: it subtracts beta thr where snnTorch
-  subtracts thr. It fires on H >= thr (snnTorch on U > thr). The loss reads H[t] (snnTorch's
-  membrane, before the reset), rebuilt as V[t] + S[t] thr with the spike detached.
-- Norse: its decay scales the input, v + dt/tau (I - v); dt = 1, 1/tau = 1 - beta and the
-  input current scaled by 1/(1 - beta) give beta v + I. Its own `reset_subtract`
-  (v - z thr, within the step) would be decayed like SpikingJelly's, with the gradient
-  flowing through the spike; its parameters take any reset function, so this one subtracts
-  thr / beta with the spike detached, which its decay at the next step turns into
-  snnTorch's reset exactly. It fires on v > thr, like snnTorch. It has no ATan surrogate:
-  "circ" with alpha = 2 / (pi slope) has the gradient (1 + (pi slope x / 2)^2)^(-3/2)
-  (snnTorch's: (slope / 2) / (1 + (pi slope x / 2)^2)): the same peak and scale at slope 2,
-  thinner tails. The loss reads the membrane before the reset, v + z thr / beta.
 """
 
 from __future__ import annotations
@@ -55,13 +23,13 @@ from torch import nn
 
 from harness.config import RunConfig, make_run_config
 from harness.data import loading
-from harness.network import decodings
+from harness.network import readout
+from harness.network.backends import BACKENDS
 from harness.network.model import (
     build_model,
 )
 from harness.training.loop import encoder, make_optimizer, resolve_device
 
-BACKENDS = ("reference", "fused")
 CASES = (
     {"decoding": "rate"},
     {"decoding": "latency"},
@@ -107,7 +75,7 @@ def training_step(model: nn.Module, config: RunConfig, device: torch.device) -> 
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         out = model(encode(images))
-        loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
+        loss = readout.loss(config.decoding, out.spikes, out.membranes, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,11 +91,11 @@ def trainer(config: RunConfig, device: torch.device) -> Step:
 
 # Iterations a backend runs in a row before the next takes over. A training run's iteration
 # follows its own, so the caches hold its weights and Adam's state; one that follows
-# snnTorch's (~70 ms, hundreds of MiB) finds them cold: interleaved every iteration, the
-# fused median (about 3 ms) rises by 0.5 to 0.7 ms. In rounds of 5 only the first fused
-# iteration of every other round follows snnTorch's (the order alternates), so the median is
-# the iteration as training runs it, while the machine's load, which drifts over seconds,
-# still reaches every backend alike (a round is 15 ms to 0.4 s).
+# snnTorch's (hundreds of MiB touched) finds them cold, so interleaving every iteration would
+# time the fused backend with cold caches. In rounds of 5 only the first fused iteration of
+# every other round follows snnTorch's (the order alternates), so the median is the
+# iteration as training runs it, while the machine's load, which drifts over seconds, still
+# reaches every backend alike.
 ROUND = 5
 
 

@@ -1,11 +1,11 @@
 """The tutorial-5 network, Linear(784, H) -> neurons -> Linear(H, 10) -> neurons, in two backends.
 
-Both layers use the run's neuron model (harness/neurons.py: snnTorch's Leaky, the
-seed's, or Synaptic). The input is the image (B, 784), the same current at every step
-(direct encoding), or spikes (T, B, 784) from harness.encoding.
+Both layers use the run's neuron model (harness/network/neurons.py: snnTorch's Leaky, the
+tutorial's, or Synaptic). The input is the image (B, 784), the same current at every step
+(direct encoding), or spikes (T, B, 784) from harness.network.encodings.
 
 - `reference`: snnTorch's neurons in a Python loop over steps, fc1 applied at every step
-  (to x[step] for spike input), exactly as the seed writes it. The yardstick for
+  (to x[step] for spike input), exactly as the tutorial writes it. The yardstick for
   correctness and speed.
 - `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
   one matrix product (spikes); then, on the CPU, one kernel for the rest
@@ -15,7 +15,7 @@ seed's, or Synaptic). The input is the image (B, 784), the same current at every
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights
 (the fused backend keeps fc1's weight transposed, `TransposedLinear`).
 In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
-metrics of `harness.efficiency`), the same counts on the same weights and inputs.
+metrics of `harness.training.efficiency`), the same counts on the same weights and inputs.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from torch import nn
 
 from harness.config import RunConfig
 from harness.network import neurons
+from harness.network.backends import BACKENDS
 from harness.network.kernels.lif_scan import fused_lif_net
-from harness.network.kernels.sparse_linear import fused_linear
+from harness.network.kernels.sparse_linear import sparse_linear
 from harness.network.surrogates import snntorch_surrogate
 
 NUM_INPUTS = 28 * 28
@@ -39,7 +40,7 @@ NUM_OUTPUTS = 10
 
 
 class Activity(NamedTuple):
-    """What the layers did over an evaluated batch, int64 (for `harness.efficiency`)."""
+    """What the layers did over an evaluated batch, int64 (for `harness.training.efficiency`)."""
 
     hidden_neuron_spikes: torch.Tensor  # (H,) spikes of each hidden neuron over the steps
     hidden_membrane_updates: torch.Tensor  # how many U1[t] != U1[t-1], t >= 1
@@ -109,7 +110,7 @@ class TransposedLinear(nn.Module):
             return nn.functional.linear(x, self.weight.contiguous(), self.bias)
         # zero pixels and absent spikes skipped (on the CPU); spike input (T, B, in) takes
         # every step in one product
-        flat = fused_linear(x.reshape(-1, self.in_features), self.weight_t, self.bias)
+        flat = sparse_linear(x.reshape(-1, self.in_features), self.weight_t, self.bias)
         return flat.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -210,12 +211,10 @@ class ReferenceNet(nn.Module):
         return _eval_output(spikes, membranes, counts, updates)
 
 
-BACKENDS = {"fused": FusedNet, "reference": ReferenceNet}
-
-
 def build_model(config: RunConfig) -> nn.Module:
-    """The network of `config.backend`, initialised from the current torch seed."""
-    return BACKENDS[config.backend](config)
+    """The network of `config.backend` (its class named by harness.network.backends),
+    initialised from the current torch seed."""
+    return globals()[BACKENDS[config.backend].model](config)
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, config: RunConfig) -> None:

@@ -3,9 +3,9 @@
 Each model is an snnTorch neuron (reset by subtraction, snnTorch's defaults otherwise) that
 both layers of the network use. No torch import here: config.py reads the names and
 parameters to refuse bad input before anything heavy loads; the backends read the rest
-(the reference's snnTorch class, the fused backend's scan in harness/neurons.py, by name).
+(the reference's snnTorch class, the fused backend's scan in harness/network/scans.py, by name).
 
-Adding a neuron model: an entry here and its scan in harness/neurons.py (plus a RunConfig
+Adding a neuron model: an entry here and its scan in harness/network/scans.py (plus a RunConfig
 field for a parameter no model had before).
 """
 
@@ -25,10 +25,10 @@ class NeuronSpec:
     `defaults`: the values of those a run leaves unset (RunConfig fills them in);
     `snntorch`/`snntorch_init`: its snnTorch class and the method that gives the initial
     state (the reference backend);
-    `scan`: the function of harness.neurons that runs a layer of it over all steps, called as
+    `scan`: the function of harness.network.scans that runs a layer of it over all steps, called as
     scan(current, num_steps, **params, surrogate=..., slope=...) -> (spikes, membranes);
     `kernels`: the fast kernels of the fused backend that support it ("numba": the CPU kernel
-    of harness.kernels; the scan runs anywhere); `state_tensors`, `constant_bytes`: what
+    of harness.network.kernels; the scan runs anywhere); `state_tensors`, `constant_bytes`: what
     snnTorch holds per layer (a tensor per neuron for each state variable, and the bytes of
     its constant buffers), for the efficiency metrics' footprint.
     """
@@ -45,7 +45,7 @@ class NeuronSpec:
     defaults: dict[str, float] = field(default_factory=dict)
 
     def scan_function(self) -> Callable[..., Any]:
-        """The torch scan of harness.neurons (imports torch)."""
+        """The torch scan of harness.network.scans (imports torch)."""
         return getattr(importlib.import_module("harness.network.scans"), self.scan)
 
 

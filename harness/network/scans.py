@@ -1,6 +1,6 @@
 """Scans of a layer of spiking neurons over all time steps, with closed-form backward passes.
 
-The neuron models of harness/neuron_models.py, as snnTorch defines them (reset by
+The neuron models of harness/network/neurons.py, as snnTorch defines them (reset by
 subtraction, the default), for each step t:
 
 Leaky (`lif_scan`):

@@ -7,7 +7,7 @@ bad input before anything heavy loads. The derivatives use only tensor methods, 
 snnTorch constructors import snnTorch when called.
 
 Adding a surrogate: an entry here, and a branch of the CPU kernel's `_surrogate` for its
-`kernel_code` in harness/kernels.py.
+`kernel_code` in harness/network/kernels/lif_scan.py.
 """
 
 from __future__ import annotations

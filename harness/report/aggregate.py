@@ -17,8 +17,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 from scipy.stats import t as student_t
 
-from harness import seed_rounds, stats
+from harness import stats
 from harness.config import Objective, StudyConfig
+from harness.study import seed_rounds
 from harness.study.settled import (
     STOPPED,
     grid_key,
@@ -27,10 +28,17 @@ from harness.study.settled import (
     settled_run_ids,
     settled_trials,
 )
+from harness.study.tags import (
+    COMMIT_TAG,
+    DATA_CHECKSUM_TAG,
+    DATASET_TAG,
+    DEVICE_TAG,
+    SEED_TAG,
+    STATUS_TAG,
+    TRIAL_TAG,
+)
 from harness.study.tracking import search_all_runs
-from harness.training.loop import FINAL_METRICS
-
-METRICS = FINAL_METRICS  # the run metrics a report reads
+from harness.training.metrics import METRICS
 
 
 @dataclass
@@ -74,15 +82,15 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
         record = {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
-            "trial": int(tags.get("harness.trial", -1)),
-            "seed": int(tags.get("harness.seed", params.get("seed", 0))),
-            "status": tags.get("harness.status", run.info.status.lower()),
+            "trial": int(tags.get(TRIAL_TAG, -1)),
+            "seed": int(tags.get(SEED_TAG, params.get("seed", 0))),
+            "status": tags.get(STATUS_TAG, run.info.status.lower()),
             "mlflow_status": run.info.status,
-            "device": tags.get("harness.device", ""),
-            "commit": tags.get("harness.commit", ""),
-            "data_checksum": tags.get("harness.data_checksum", ""),
+            "device": tags.get(DEVICE_TAG, ""),
+            "commit": tags.get(COMMIT_TAG, ""),
+            "data_checksum": tags.get(DATA_CHECKSUM_TAG, ""),
             # runs logged before Fashion-MNIST existed have no such tag: they trained on MNIST
-            "dataset": tags.get("harness.dataset", "mnist"),
+            "dataset": tags.get(DATASET_TAG, "mnist"),
             "config": _label(typed, keys),
             **typed,
             **{m: run.data.metrics.get(m, math.nan) for m in METRICS},

@@ -30,17 +30,15 @@ from pydantic import ValidationError
 from scipy import stats
 
 from harness import stats as stats_
-from harness.config import StudyConfig
+from harness.config import MUTABLE_STUDY_KEYS, StudyConfig
 from harness.errors import ConfigError
 from harness.report import figures
-from harness.report.aggregate import METRICS, StudyData, load
+from harness.report.aggregate import StudyData, load
 from harness.report.render import written_aside
 from harness.stores.layout import redact
 from harness.stores.opening import Stores
-from harness.study.runner import MUTABLE_STUDY_KEYS
-from harness.training.metrics import METRICS as METRIC_SPECS
+from harness.training.metrics import METRICS
 
-DIGITS = {"train_seconds": 2}  # decimals shown; 4 for the others
 TOO_FEW = "too few seeds"
 SAME = "no significant difference"
 FIGURE = "comparison"  # the page's figure file stem
@@ -174,7 +172,7 @@ def direction_of(metric: str, config: StudyConfig) -> str | None:
     for objective in config.objectives:
         if metric == objective.metric:
             return objective.direction
-    return METRIC_SPECS[metric].direction
+    return METRICS[metric].direction
 
 
 def _base_values(config: StudyConfig) -> dict[str, Any]:
@@ -368,7 +366,7 @@ def _p(value: float) -> str:
 
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells, for the terminal and the page."""
-    d = DIGITS.get(comparison.metric, 4)
+    d = METRICS[comparison.metric].digits if comparison.metric in METRICS else 4
     level = f"{comparison.percent} CI"
     columns = ["configuration", "n A", "A mean ± sd", "n B", "B mean ± sd", "test", "B - A", level,
                "p", "p (Holm)", "MDE", "verdict"]  # fmt: skip

@@ -1,17 +1,7 @@
-"""Where a study lives: Optuna's storage (a journal file or a database URL) and MLflow's
-tracking store (an SQLite database under the output folder, or a server), with their set-up.
-
-The embedded stores survive the usual accidents of a long study:
-
-- the tracking database is built aside and moved into place whole, so a worker killed while
-  MLflow creates its tables leaves no half-built database (one left by an older version is
-  recognised and named, with how to recover);
-- a journal whose last record a full disk tore is cut back to its last whole record (and one
-  where the next append joined such a fragment is mended), a copy of the file kept first;
-- a worker that waits for the set-up lock says for whom, and gives up after a while;
-- finished stores in a read-only folder can be read (from a private copy), and a study asked to
-  write there stops at once with one line.
-"""
+"""Opening a study's stores: `Stores` (Optuna's storage and MLflow's tracking store, the
+set-up lock over both), `open_stores` for workers and readers (a read-only folder is read
+from a private copy; a study asked to write there stops at once with one line), and the
+checks that the two stores agree before anything reads them."""
 
 from __future__ import annotations
 
@@ -295,14 +285,14 @@ class Stores:
 
     def optuna_storage(self) -> Any:
         """Optuna's storage for a worker: a database's calls are retried while it is
-        unreachable (harness.retry); its tables are made on first use (under setup_lock)."""
+        unreachable (harness.stores.retry); its tables are made on first use (under setup_lock)."""
         if not isinstance(self.storage, str):
             return self.storage
         import logging
 
         from optuna.storages import get_storage
 
-        # Optuna logs a page for a lost connection before it tries another way; harness.retry
+        # Optuna logs a page for a lost connection before it tries another way; harness.stores.retry
         # says in one line what it waits for instead.
         logging.getLogger("optuna.storages._rdb.storage").setLevel(logging.ERROR)
         what = f"optuna storage {redact(self.storage)}"
@@ -310,7 +300,7 @@ class Stores:
 
     def client(self) -> Any:
         """An MlflowClient for a worker, its calls retried while the tracking store is
-        unreachable (harness.retry)."""
+        unreachable (harness.stores.retry)."""
         from mlflow.tracking import MlflowClient
 
         return RetryingClient(MlflowClient(self.tracking_uri), tracking_name(self.tracking_uri))

@@ -12,7 +12,8 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness.study.settled import FAILED_TAG, OUTCOME, all_run_ids
+from harness.study.settled import OUTCOME, all_run_ids
+from harness.study.tags import FAILED_TAG, MESSAGE_TAG, STATUS_TAG, TRIAL_TAG
 from harness.study.tracking import search_all_runs
 
 # A RUNNING trial of another host is dead when its heartbeat is older than this; on this host,
@@ -65,9 +66,9 @@ def tag_failed(
     for run_id in run_ids:
         client.set_tag(run_id, FAILED_TAG, "true")
         if end_as and client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "harness.status", end_as.lower())
+            client.set_tag(run_id, STATUS_TAG, end_as.lower())
             if message:
-                client.set_tag(run_id, "harness.message", message[:5000])
+                client.set_tag(run_id, MESSAGE_TAG, message[:5000])
             client.set_terminated(run_id, status=end_as)
 
 
@@ -91,7 +92,7 @@ def kill_orphan_runs(study: optuna.Study, client: MlflowClient, experiment: str)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     orphans = 0
     for run in search_all_runs(client, experiment, "attributes.status = 'RUNNING'"):
-        trial = trials.get(int(run.data.tags.get("harness.trial", -1)))
+        trial = trials.get(int(run.data.tags.get(TRIAL_TAG, -1)))
         if trial is not None and trial.state == TrialState.RUNNING:
             continue
         attrs = trial.user_attrs if trial is not None else {}

@@ -12,7 +12,7 @@ and its configuration runs again, reusing the seeds that had finished. Every rea
 only the runs of the trials that settled a configuration (`settled_trials`), so a
 configuration is never counted twice. With adaptive seeds (`seeds: {min, max, resolution}`),
 a grid's configurations first run `min` seeds; then each further seed a round asks for
-(`harness.seed_rounds`, replayed from the settled trials by every worker) is one more trial
+(`harness.study.seed_rounds`, replayed from the settled trials by every worker) is one more trial
 of the configuration's params, with user attributes `extends` (the configuration's first
 trial) and `round_seed`, whose run joins the configuration's parent run. `configurations`
 groups a configuration's settled trials; every table reads the seeds of all of them.
@@ -37,7 +37,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from harness import interrupt
-from harness.config import StudyConfig, comparable_dump
+from harness.config import MUTABLE_STUDY_KEYS, StudyConfig, comparable_dump
 from harness.data import loading
 from harness.errors import ConfigError, StoreError
 from harness.stores.opening import Stores, check_pair
@@ -48,14 +48,13 @@ from harness.study.liveness import (
     tag_failed,
     worker_host,
 )
-from harness.study.scheduling import enqueue_grid, make_pruner, make_sampler, next_trial, suggest
+from harness.study.samplers import make_pruner, make_sampler
+from harness.study.scheduling import enqueue_grid, next_trial, suggest
 from harness.study.settled import (
     EXTENDS,
-    FAILED_TAG,
     OUTCOME,
     ROUND_SEED,
     STOPPED,
-    STOPPED_TAG,
     configuration_runs,
     configurations,
     grid_key,
@@ -63,6 +62,21 @@ from harness.study.settled import (
     settled,
 )
 from harness.study.table import params_text, values_text
+from harness.study.tags import (
+    BACKEND_TAG,
+    COMMIT_TAG,
+    DATA_CHECKSUM_TAG,
+    DATASET_TAG,
+    DEVICE_TAG,
+    FAILED_TAG,
+    HOST_TAG,
+    PID_TAG,
+    SEED_TAG,
+    SEEDS_TAG,
+    STOPPED_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+)
 from harness.study.tracking import (
     RunLogger,
     dataset_inputs,
@@ -77,7 +91,6 @@ from harness.training.loop import Event, StopRun, resolve_device, train
 
 HEARTBEAT_SECONDS = float(os.environ.get("HARNESS_HEARTBEAT_SECONDS", "20"))
 PRUNE_PROXY = {"test_loss": "test_loss"}  # accuracies are estimated on the test batch
-MUTABLE_STUDY_KEYS = ("description", "n_trials")  # may change in a study file between runs
 
 
 class TrialTaken(Exception):  # noqa: N818 (a signal, not an error)
@@ -152,7 +165,7 @@ def tag_stopped(study: optuna.Study, config: StudyConfig, client: MlflowClient) 
         reason = plan.stopped.get(label)
         if parent is not None and reason is not None:
             client.set_tag(parent, STOPPED_TAG, reason)
-            client.set_tag(parent, "harness.seeds", str(plan.targets[label]))
+            client.set_tag(parent, SEEDS_TAG, str(plan.targets[label]))
 
 
 class _Heartbeat:
@@ -232,7 +245,7 @@ def _adopt(
 ) -> None:
     """Make a finished run of a failed trial a run (a child) of `trial`."""
     run_id = run["run_id"]
-    client.set_tag(run_id, "harness.trial", str(trial.number))
+    client.set_tag(run_id, TRIAL_TAG, str(trial.number))
     client.set_tag(run_id, "optuna.trial_number", str(trial.number))
     client.set_tag(run_id, "mlflow.parentRunId", parent)
     if FAILED_TAG in client.get_run(run_id).data.tags:
@@ -281,15 +294,15 @@ def run_trial(
         dataset = load_dataset(first.dataset)  # the seeds of one configuration share it
         tags = {
             **source_tags(commit, f"harness study {config.name}"),
-            "harness.study": config.name,
-            "harness.trial": trial.number,
-            "harness.backend": first.backend,
-            "harness.device": str(resolve_device(first.device)),
-            "harness.commit": commit,
-            "harness.data_checksum": dataset.checksum,
-            "harness.dataset": dataset.name,
-            "harness.host": worker_host(),
-            "harness.pid": os.getpid(),
+            STUDY_TAG: config.name,
+            TRIAL_TAG: trial.number,
+            BACKEND_TAG: first.backend,
+            DEVICE_TAG: str(resolve_device(first.device)),
+            COMMIT_TAG: commit,
+            DATA_CHECKSUM_TAG: dataset.checksum,
+            DATASET_TAG: dataset.name,
+            HOST_TAG: worker_host(),
+            PID_TAG: os.getpid(),
             "optuna.study": study.study_name,
             "optuna.trial_number": trial.number,
         }
@@ -325,7 +338,7 @@ def run_trial(
                     client,
                     experiment,
                     f"{config.name}/t{trial.number:03d}/s{seed}",
-                    {**tags, "harness.seed": seed},
+                    {**tags, SEED_TAG: seed},
                     parent_run_id=parent or shared,
                 )
                 run_ids.append(logger.run_id)
@@ -484,7 +497,7 @@ def run_study(
         start = time.perf_counter()
         try:
             run_trial(study, trial, config, client, experiment, load_dataset, progress)
-        except StoreError as err:  # a store unreachable for too long (harness.retry)
+        except StoreError as err:  # a store unreachable for too long (harness.stores.retry)
             message = f"trial {trial.number} failed, the next worker reruns it: {err}"
             raise StoreError(message) from err
         done += 1

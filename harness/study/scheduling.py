@@ -1,6 +1,5 @@
-"""What a worker trains next: the samplers and pruners a study may name (one table each),
-the grid's queue, a search's draws, and the next seed round of an adaptive grid.
-"""
+"""What a worker trains next: the grid's queue, a search's draws, and the next seed round
+of an adaptive grid."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from optuna.trial import TrialState
 from harness import interrupt
 from harness.config import INT_KEYS, Choices, StudyConfig
 from harness.study.liveness import WAIT_SECONDS, fail_stale_trials
+from harness.study.samplers import make_sampler
 from harness.study.settled import (
     EXTENDS,
     OUTCOME,
@@ -28,45 +28,12 @@ from harness.study.settled import (
 )
 
 MAX_DRAWS = 100  # a search gives up after this many draws in a row of configurations it had
-WILCOXON_P = 0.1  # a search with adaptive seeds stops a trial below this (Optuna's default)
-
-
-def make_sampler(study: StudyConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    seed = study.sampler_seed if seed is None else seed
-    if study.sampler == "tpe":  # Optuna's TPE is multi-objective (MOTPE) when the study is
-        return optuna.samplers.TPESampler(n_startup_trials=min(10, study.n_trials or 10), seed=seed)
-    if study.sampler == "nsga2":  # its generations live in the study, not in the sampler
-        return optuna.samplers.NSGAIISampler(population_size=population_size(study), seed=seed)
-    if study.sampler == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)  # a grid's points come from the queue
-
-
-def population_size(study: StudyConfig) -> int:
-    """NSGA-II's generation size: a third of the trials (at least 4, at most Optuna's default
-    50), so a search of n_trials sees about three generations after the random first one."""
-    return max(4, min(50, (study.n_trials or 150) // 3))
 
 
 def _trial_seed(sampler_seed: int, number: int) -> int:
     """The sampler's seed for one trial: reproducible, and different for every trial, so
     workers and resumed processes do not all draw the same configurations."""
     return (sampler_seed * 1_000_003 + number) % 2**32
-
-
-def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
-    if study.adaptive is not None and study.sampler != "grid":  # seeds are the instances
-        return optuna.pruners.WilcoxonPruner(
-            p_threshold=WILCOXON_P, n_startup_steps=study.adaptive.min
-        )
-    settings = study.pruner
-    if settings.type == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_steps
-        )
-    if settings.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, settings.warmup_steps))
-    return optuna.pruners.NopPruner()
 
 
 def enqueue_grid(study: optuna.Study, config: StudyConfig) -> int:

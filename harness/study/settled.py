@@ -11,14 +11,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import seed_rounds
 from harness.config import StudyConfig
+from harness.study import seed_rounds
 
 OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
-FAILED_TAG = "harness.trial_failed"  # on the MLflow runs of a trial that did not settle
 EXTENDS = "extends"  # user attr of a seed-round trial: its configuration's first trial
 ROUND_SEED = "round_seed"  # user attr of a seed-round trial: the one seed it trains
-STOPPED_TAG = "harness.stopped"  # on a parent run, once the seed rounds are over: why
 STOPPED = "stopped"  # trial user attr of a search with adaptive seeds: why its seeds ended
 
 

@@ -11,8 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness import seed_rounds, stats
+from harness import stats
 from harness.config import StudyConfig
+from harness.study import seed_rounds
 from harness.study.settled import (
     OUTCOME,
     STOPPED,

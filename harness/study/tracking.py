@@ -1,7 +1,7 @@
 """MLflow: one experiment per study; per trial (configuration) a parent run holding the mean
 and sd over seeds, with one child run per seed; metrics logged in batches.
 
-Metric `test_loss` is the loss on a test batch at each evaluation (the seed's test curve)
+Metric `test_loss` is the loss on a test batch at each evaluation (the tutorial's test curve)
 and on the whole test set at the end of each epoch, so its latest value is the full one.
 
 `RunLogger` is a training callback: it buffers the per-iteration metrics and sends them with
@@ -23,10 +23,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
+
+from harness.study.tags import MESSAGE_TAG, STATUS_TAG, VERSION_TAG
 
 # MLflow 3 starts a telemetry thread at import that calls out to the network; a benchmark
 # harness should neither phone home nor share its CPU with that. The user can still opt in.
@@ -49,7 +50,10 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness import __version__  # noqa: E402
 from harness.errors import ConfigError  # noqa: E402
-from harness.training.loop import FINAL_METRICS, Event, RunResult  # noqa: E402
+from harness.training.metrics import METRICS  # noqa: E402
+
+if TYPE_CHECKING:
+    from harness.training.loop import Event, RunResult
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
 FLUSH_SECONDS = 15.0  # ... or sooner, so the UI shows a long run's progress
@@ -165,7 +169,7 @@ def start_parent_run(
 ) -> str:
     """Create the parent run of one configuration (a trial): its params and data; the
     seeds' runs become its children (tag `mlflow.parentRunId`)."""
-    tags = {key: str(value) for key, value in {"harness.version": __version__, **tags}.items()}
+    tags = {key: str(value) for key, value in {VERSION_TAG: __version__, **tags}.items()}
     run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
     client.log_inputs(run_id, datasets=inputs)
@@ -179,15 +183,15 @@ def finish_parent_run(
     final metric (`test_accuracy_mean`, `test_accuracy_sd`, ...), and how it ended."""
     finished = [run for run in runs if run.get("status") == "finished"]
     metrics = [Metric("seeds", float(len(finished)), _now_ms(), 0)]
-    for key in FINAL_METRICS:
+    for key in METRICS:
         values = [float(run[key]) for run in finished if key in run]
         if values:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             metrics.append(Metric(f"{key}_mean", statistics.fmean(values), _now_ms(), 0))
             metrics.append(Metric(f"{key}_sd", sd, _now_ms(), 0))
-    tags = [RunTag("harness.status", status)]
+    tags = [RunTag(STATUS_TAG, status)]
     if message:
-        tags.append(RunTag("harness.message", message[:5000]))
+        tags.append(RunTag(MESSAGE_TAG, message[:5000]))
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.set_terminated(run_id, status=RUN_STATUS.get(status, "FAILED"))
 
@@ -225,7 +229,7 @@ class RunLogger:
         self.client = client
         if parent_run_id is not None:
             tags = {**tags, "mlflow.parentRunId": parent_run_id}
-        tags = {key: str(value) for key, value in {"harness.version": __version__, **tags}.items()}
+        tags = {key: str(value) for key, value in {VERSION_TAG: __version__, **tags}.items()}
         self.run_id = client.create_run(experiment, run_name=run_name, tags=tags).info.run_id
         self._buffer: list[Metric] = []
         self._flushed = time.monotonic()
@@ -268,14 +272,16 @@ class RunLogger:
             Metric(key, float(result.metrics[key]), _now_ms(), int(result.metrics["iterations"]))
             for key in ("train_seconds", "iterations")
         ]
-        tags = [RunTag("harness.status", result.status)]
+        tags = [RunTag(STATUS_TAG, result.status)]
         if result.message:
-            tags.append(RunTag("harness.message", result.message[:5000]))
+            tags.append(RunTag(MESSAGE_TAG, result.message[:5000]))
         self.client.log_batch(self.run_id, metrics=metrics, tags=tags)
         self.client.log_text(self.run_id, curves_csv(result), "curves.csv")
         if result.state_dict is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "model.pt"
+                import torch  # only to write the weights a run keeps
+
                 torch.save(result.state_dict, path)
                 self.client.log_artifact(self.run_id, str(path))
         self.client.set_terminated(self.run_id, status=RUN_STATUS.get(result.status, "FAILED"))
@@ -284,8 +290,8 @@ class RunLogger:
         """End the run as FAILED or KILLED after an exception or an interruption."""
         try:
             self.flush()
-            self.client.set_tag(self.run_id, "harness.status", status.lower())
-            self.client.set_tag(self.run_id, "harness.message", message[:5000])
+            self.client.set_tag(self.run_id, STATUS_TAG, status.lower())
+            self.client.set_tag(self.run_id, MESSAGE_TAG, message[:5000])
         finally:
             self.client.set_terminated(self.run_id, status=status)
 

@@ -17,7 +17,7 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   image (MNIST's test set has one: image 9051, every pixel 0 or 255).
   `synops_effective_macs` and `synops_effective_acs` sum them over the layers;
   `synops_dense` counts every input and every weight (in x out per layer application).
-  fc1 depends on the input encoding (harness.encoding). Direct: its input is the static
+  fc1 depends on the input encoding (harness.network.encodings). Direct: its input is the static
   image, so fc1 is applied once per sample (as the fused backend runs it), not once per
   step (a deliberate difference: NeuroBench on the reference network, which recomputes fc1
   at every step, counts its MACs and dense operations T times). Rate or latency: its input
@@ -35,7 +35,7 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
 - static: `parameter_count` (weights and biases), `connection_sparsity` (zero weights /
   weights, biases excluded; NeuroBench rounds it to 4 decimals, the harness does not) and
   `footprint_bytes`: the parameters' bytes plus the neurons' state and constants as
-  snnTorch's neuron holds them for one sample (harness/neurons.py; Leaky: a membrane
+  snnTorch's neuron holds them for one sample (harness/network/neurons.py; Leaky: a membrane
   per neuron, and beta, threshold and graded_spikes_factor in float32 and
   reset_mechanism_val in int64 per layer; Synaptic: a synaptic current too, and alpha).
   NeuroBench's `Footprint` counts the state buffers of the last batch it ran, so it equals
@@ -172,7 +172,7 @@ class Workload:
 
 def static_metrics(model: nn.Module, neuron: str = neurons.DEFAULT_NEURON) -> dict[str, float]:
     """Footprint in bytes, parameter count and connection sparsity of either backend's net
-    of `neuron` models (harness/neurons.py)."""
+    of `neuron` models (harness/network/neurons.py)."""
     spec = neurons.spec(neuron)
     fc1, fc2 = model.fc1, model.fc2
     parameters = list(model.parameters())

@@ -1,7 +1,8 @@
-"""One training run: the seed's loop (Adam, batch loss, periodic test-batch loss, full test at
-the end of each epoch), readable top to bottom. Each batch of images is encoded (harness.encoding)
-before the model, so both backends get the same input: the images, or spikes drawn from the
-run's own generators (training, test batches, evaluation: one stream each).
+"""One training run: the tutorial's loop (Adam, batch loss, periodic test-batch loss, full test at
+the end of each epoch), readable top to bottom. Each batch of images is encoded
+(harness.network.encodings) before the model, so both backends get the same input: the
+images, or spikes drawn from the run's own generators (training, test batches, evaluation:
+one stream each).
 
 The loop knows nothing of Optuna or MLflow. Metrics leave it as `Event`s through callbacks; a
 callback that raises `StopRun` (for pruning, say) ends the run with that status.
@@ -21,13 +22,11 @@ from tqdm import tqdm
 from harness.config import RunConfig
 from harness.data.loading import Batch, Dataset, Split, test_batches, train_batches
 from harness.errors import ConfigError
-from harness.network import decodings, encodings
+from harness.network import encodings, readout
 from harness.network.model import NUM_OUTPUTS, build_model
 from harness.training import efficiency
-from harness.training.metrics import METRICS
 
 # The metrics a finished run reports (the last evaluation's, and its training time).
-FINAL_METRICS = tuple(METRICS)
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ Callback = Callable[[Event], None]
 
 # A loss this many times the first iteration's train loss has exploded: the run "diverged",
 # though every number is still finite (lr=1e9 ends with test loss ~1e10 x the first loss; the
-# seed's settings and their sweeps stay below 1x, an unstable lr=5e-2 reaches ~80x).
+# tutorial's settings and their sweeps stay below 1x, an unstable lr=5e-2 reaches ~80x).
 DIVERGENCE_FACTOR = 1000
 
 
@@ -102,7 +101,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, config: RunConfig, device: torch.device):
-    """The seed's Adam; its fused (single-kernel) form where PyTorch has one for the device."""
+    """The tutorial's Adam; its fused (single-kernel) form where PyTorch has one for the device."""
     fused = device.type in ("cpu", "cuda")
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), fused=fused)
 
@@ -111,8 +110,9 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 def encoder(config: RunConfig, stream: str, device: torch.device) -> Encoder:
-    """The run's input encoding of image batches (harness.encoding), drawing its spikes from
-    the run's generator `stream`, on `device`; direct encoding passes the images through."""
+    """The run's input encoding of image batches (harness.network.encodings), drawing its
+    spikes from the run's generator `stream`, on `device`; direct encoding passes the images
+    through."""
     spec = encodings.spec(config.encoding)
     if not spec.spiking:
         return lambda images: images
@@ -123,9 +123,9 @@ def encoder(config: RunConfig, stream: str, device: torch.device) -> Encoder:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[str, float]:
     """Loss of the run's decoding, both accuracies, firing rates and the efficiency metrics
-    (`harness.efficiency`: NeuroBench's, per sample) over a whole split. Spike encodings draw
-    from a generator seeded afresh at each call: every evaluation of a run sees the same
-    spikes."""
+    (`harness.training.efficiency`: NeuroBench's, per sample) over a whole split. Spike
+    encodings draw from a generator seeded afresh at each call: every evaluation of a run sees
+    the same spikes."""
     model.eval()
     batch_size = max(config.batch_size, 25_000 // config.num_steps)
     loss_sum = rate_hits = latency_hits = hidden = output = 0.0
@@ -135,11 +135,11 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         inputs = encode(images)
         out = model(inputs)
         workload.add(inputs, out)
-        loss_sum += float(decodings.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
+        loss_sum += float(readout.loss(config.decoding, out.spikes, out.membranes, labels)) * len(
             labels
         )
-        rate_hits += float((decodings.rate_predict(out.spikes) == labels).sum())
-        latency_hits += float((decodings.latency_predict(out.spikes) == labels).sum())
+        rate_hits += float((readout.rate_predict(out.spikes) == labels).sum())
+        latency_hits += float((readout.latency_predict(out.spikes) == labels).sum())
         hidden += float(out.hidden_spikes)
         output += float(out.spikes.sum())
     model.train()
@@ -161,16 +161,16 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
 def _test_batch(
     model: torch.nn.Module, batch: Batch, how: str, encode: Encoder
 ) -> dict[str, float]:
-    """Loss and accuracy on one test batch (the seed's per-report test loss)."""
+    """Loss and accuracy on one test batch (the tutorial's per-report test loss)."""
     images, labels = batch
     out = model(encode(images))
-    loss = decodings.loss(how, out.spikes, out.membranes, labels)
-    hits = (decodings.predict(how, out.spikes) == labels).float().mean()
+    loss = readout.loss(how, out.spikes, out.membranes, labels)
+    hits = (readout.predict(how, out.spikes) == labels).float().mean()
     return {"test_loss": float(loss), "test_batch_accuracy": float(hits)}
 
 
 def _endless(split: Split, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-    """Shuffled test batches forever (the seed draws the next test batch at each report)."""
+    """Shuffled test batches forever (the tutorial draws the next test batch at each report)."""
     batch_size = min(batch_size, len(split))
     while True:
         yield from train_batches(split, batch_size, generator)
@@ -253,7 +253,7 @@ def train(
                 if stop_check is not None:
                     stop_check()
                 out = model(encode_train(images))
-                loss = decodings.loss(config.decoding, out.spikes, out.membranes, labels)
+                loss = readout.loss(config.decoding, out.spikes, out.membranes, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,8 +1,9 @@
 """The metrics a run reports: one table, name -> what the rest of the code needs to know.
 
 Config validation (which metrics a study may optimise), MLflow's parent runs, the report's
-table, `harness compare` and the CLI read this table; a new metric is added here (and computed
-where its kind says: `train.evaluate` for evaluation metrics).
+table, `harness compare` and the CLI read this table. A new metric is an entry here, computed
+in `harness.training.loop.evaluate` (a test-set metric) or `harness.training.efficiency` (an
+efficiency metric).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ METRICS: dict[str, Metric] = {
     "train_seconds": Metric("train s", 1, "minimize", objective=False),
     "hidden_firing_rate": Metric("hidden rate", 4, None, objective=False),
     "output_firing_rate": Metric("output rate", 4, None, objective=False),
-    # NeuroBench 2.3's metrics (computed by `harness.efficiency`; README "Efficiency metrics").
+    # NeuroBench 2.3's metrics (computed by `training.efficiency`; README "Efficiency metrics").
     # Workload: per test sample, over the whole test set. Fewer operations cost less energy on
     # any hardware, so the counts are minimised; sparser activity is what makes an SNN cheap
     # on event-driven hardware, so activation sparsity is maximised (each only means something

@@ -33,12 +33,10 @@ from the same (T, H) array keeps LLVM from proving the rows apart).
 The arithmetic of each LIF step is snnTorch's, in its order, so spikes and membranes match
 the reference backend; only fc2's dot products are reassociated (vectorised).
 
-`fused_linear` is fc1 for sparse inputs (MNIST is ~80 % zeros): it skips zero pixels in the
-forward product and the weight gradient (see its section below).
-
-In eval mode the forward pass also counts each sample's activity while its values are in
-cache (`harness.efficiency`'s metrics): hidden spikes per neuron, both layers' membrane
-updates, output spikes. `input_operations` counts the synaptic operations the images cost fc1.
+fc1 itself runs before the kernel (for sparse input, `sparse_linear.py`). In eval mode the
+forward pass also counts each sample's activity while its values are in cache (`activity.py`,
+for `harness.training.efficiency`'s metrics): hidden spikes per neuron, both layers' membrane
+updates, output spikes.
 """
 
 from __future__ import annotations
@@ -54,7 +52,7 @@ from harness.network.kernels.activity import membrane_changes, spike_counts
 from harness.network.kernels.primitives import F32
 from harness.network.surrogates import SURROGATES
 
-# The number `_surrogate` branches on, per surrogate (the table in harness/surrogates.py).
+# The number `_surrogate` branches on, per surrogate (the table in harness/network/surrogates.py).
 SURROGATE_CODE = {name: spec.kernel_code for name, spec in SURROGATES.items()}
 
 
@@ -84,12 +82,12 @@ def _synapse_state(size, alpha):
 def _hidden_scan(cur1, b, alpha, beta, thr, j, u, u1, s1):
     """Sample b's hidden layer over all steps from its current cur1[:, b] (cur1 (1, B, H):
     static, the same at every step; (T, B, H): one a step): fills s1 (T, H), and u1 (T, H)
-    unless it has no rows (training's forward pass needs no membranes: 10 % faster).
+    unless it has no rows (training's forward pass needs no membranes).
     snnTorch's arithmetic, in its order (no fast-math: bit for bit). The state lives in u
     (H,), and for Synaptic j: reading the previous step from u1 itself would keep LLVM from
     vectorising (it cannot tell its rows apart). The previous step's spike is not stored
     but read off the membrane, S[t-1] = U[t-1] > thr (so it is; thr > 0 makes U = 0 at the
-    start spike-free): one load and one store fewer a neuron and step (10 % faster)."""
+    start spike-free): one load and one store fewer a neuron and step."""
     zero, one = F32(0.0), F32(1.0)
     hidden, per_step = cur1.shape[2], cur1.shape[0] > 1
     keep_u = u1.shape[0] > 0
@@ -165,13 +163,16 @@ def _fc2_steps(s1, w2, b2, cur2):
 
 @njit(error_model="numpy", cache=True)
 def _surrogate(x, code, slope):
-    """dS/dU at x = U - thr (snnTorch's atan with alpha = slope, or fast_sigmoid)."""
+    """dS/dU at x = U - thr for the surrogate of `code` (harness/network/surrogates.py's
+    `kernel_code`): 0 snnTorch's atan with alpha = slope, 1 fast_sigmoid."""
     one = F32(1.0)
     if code == 0:
         kx = F32(math.pi / 2.0 * slope) * x
         return F32(slope / 2.0) / (one + kx * kx)
-    q = slope * abs(x) + one
-    return one / (q * q)
+    if code == 1:
+        q = slope * abs(x) + one
+        return one / (q * q)
+    raise ValueError("unknown surrogate code: add its branch to the kernel's _surrogate")
 
 
 def _chunks(batch: int) -> int:

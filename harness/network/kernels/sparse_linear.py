@@ -71,7 +71,7 @@ def _gather_axpy(out, rows, lo, index, value, n):
 
 
 @njit(parallel=True, fastmath={"contract"}, error_model="numpy", cache=True)
-def _sparse_linear(index, value, count, wt, bias, out, block):
+def _sparse_forward(index, value, count, wt, bias, out, block):
     """out (B, H) = bias + x W1T from x's compressed rows; wt is W1T (in, H)."""
     hidden = wt.shape[1]
     for blk in prange((hidden + block - 1) // block):
@@ -115,7 +115,7 @@ def _sparse_linear_backward(index, value, count, grad, grad_wt, grad_bias, col_i
             _gather_axpy(o, grad, lo, col_index[j], col_value[j], col_count[j])
 
 
-class _FusedLinear(torch.autograd.Function):
+class _SparseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight_t, bias):
         x = x.detach().contiguous()
@@ -128,7 +128,7 @@ class _FusedLinear(torch.autograd.Function):
         sparse = int(count.sum()) <= DENSE_INPUTS * x.numel()
         if sparse:
             out = x.new_empty((batch, weight_t.shape[1]))
-            _sparse_linear(
+            _sparse_forward(
                 index.numpy(), value.numpy(), count.numpy(), weight_t.numpy(), bias.numpy(),
                 out.numpy(), _block_size(weight_t.shape[1]),
             )  # fmt: skip
@@ -166,7 +166,7 @@ class _FusedLinear(torch.autograd.Function):
         return grad_x, grad_wt, grad_bias
 
 
-def fused_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def sparse_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """fc1 with its weight stored transposed, `weight_t` (in, H): x (B, in) -> x weight_t +
     bias (B, H), skipping zero inputs on the CPU.
 
@@ -183,4 +183,4 @@ def fused_linear(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor) ->
     )  # fmt: skip
     if not numba_ok:
         return torch.nn.functional.linear(x, weight_t.t(), bias)
-    return _FusedLinear.apply(x, weight_t, bias)
+    return _SparseLinear.apply(x, weight_t, bias)

@@ -1,0 +1,1 @@
+"""Data sets: their table, acquiring and verifying their files, reading them into batches."""
