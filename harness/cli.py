@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from harness.config import load_run_config
-from harness.data.acquire import acquire
+from harness.data import acquire
 from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.stores.urls import check_store_urls

@@ -530,7 +530,7 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             f"{source}: adaptive seeds decide by whole runs, so a pruner cannot stop them "
             f"(set pruner: {{type: none}}, or give a count or list of seeds)"
         )
-    neurons = _study_neurons(study, source)
+    used_neurons = _study_neurons(study, source)
     allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)
     for key, values in study.space.items():
         where = f"{source}: space.{key}"
@@ -560,8 +560,8 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             if key in INT_KEYS:
                 options = [int(values.low), int(values.high)]
         alone = dict(study.base)
-        if key in EXCLUSIVE_PARAMS and neurons:  # every one of them takes it (checked)
-            alone["neuron"] = neurons[0]
+        if key in EXCLUSIVE_PARAMS and used_neurons:  # every one of them takes it (checked)
+            alone["neuron"] = used_neurons[0]
         typed = [getattr(make_run_config({**alone, key: v}, where), key) for v in options]
         if isinstance(values, list):
             space[key] = typed
@@ -595,7 +595,7 @@ def _study_neurons(study: StudyConfig, source: str) -> list[str]:
     takes it: a grid of alpha over leaky runs means nothing, so it is refused."""
     values = study.space.get("neuron", [study.base.get("neuron", DEFAULT_NEURON)])
     options = values.choices if isinstance(values, Choices) else values
-    neurons = [n for n in options if isinstance(n, str) and n in NEURONS]
+    names = [n for n in options if isinstance(n, str) and n in NEURONS]
     for param in EXCLUSIVE_PARAMS:
         given = [
             where
@@ -605,7 +605,7 @@ def _study_neurons(study: StudyConfig, source: str) -> list[str]:
             )
             if present
         ]
-        lacking = [n for n in neurons if param not in NEURONS[n].params]
+        lacking = [n for n in names if param not in NEURONS[n].params]
         if given and lacking:
             takers = " / ".join(neurons.owners(param))
             neuron = lacking[0]
@@ -615,7 +615,7 @@ def _study_neurons(study: StudyConfig, source: str) -> list[str]:
                 f"{', '.join(NEURONS[neuron].params)}); set {param} only where every run's "
                 f"neuron takes it (neuron: {takers} in base, not varied)"
             )
-    return neurons
+    return names
 
 
 def _format_study_error(err: ValidationError, source: str, single_objective: bool = False) -> str:

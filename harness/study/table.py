@@ -23,7 +23,7 @@ from harness.study.settled import (
     round_plan,
 )
 from harness.training import efficiency
-from harness.training.metrics import METRICS
+from harness.training.metrics import EFFICIENCY_METRICS, METRICS
 
 
 def values_text(config: StudyConfig, values: list[float]) -> str:
@@ -67,7 +67,7 @@ def summary_rows(study: optuna.Study, config: StudyConfig) -> list[dict[str, Any
                 "train_seconds": _mean_sd([r["train_seconds"] for r in runs])[0],
                 "efficiency": {  # means (runs logged before these metrics lack them)
                     name: _mean_sd([r[name] for r in runs if name in r])[0]
-                    for name in efficiency.WORKLOAD_METRICS + efficiency.STATIC_METRICS
+                    for name in EFFICIENCY_METRICS
                 },
             }
         )

@@ -53,18 +53,9 @@ from torch import nn
 from harness.network import neurons
 from harness.network.kernels.activity import input_operations
 from harness.network.model import NetOutput
-from harness.training.metrics import METRICS
+from harness.training.metrics import EFFICIENCY_METRICS, METRICS
 
 LIF_LAYERS = 2
-
-WORKLOAD_METRICS = (
-    "activation_sparsity",
-    "synops_effective_macs",
-    "synops_effective_acs",
-    "synops_dense",
-    "membrane_updates",
-)
-STATIC_METRICS = ("footprint_bytes", "parameter_count", "connection_sparsity")
 
 
 def fan_out(weight: torch.Tensor) -> torch.Tensor:
@@ -155,18 +146,18 @@ class Workload:
     def metrics(self) -> dict[str, float]:
         """The workload metrics, per sample, over every batch added."""
         macs, acs, spikes, updates = (int(v) for v in self.totals.tolist())
-        n, neurons = self.samples, self.hidden + self.outputs
+        n, neuron_count = self.samples, self.hidden + self.outputs
         per_sample = (lambda v: v / n) if n else (lambda v: 0.0)
         dense = (
             self.fc1_applications * self.inputs * self.hidden
             + self.num_steps * self.hidden * self.outputs
         )
         return {
-            "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * neurons),
+            "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * neuron_count),
             "synops_effective_macs": per_sample(macs),
             "synops_effective_acs": per_sample(acs),
             "synops_dense": float(dense) if n else 0.0,
-            "membrane_updates": neurons + per_sample(updates) if n else 0.0,
+            "membrane_updates": neuron_count + per_sample(updates) if n else 0.0,
         }
 
 
@@ -203,7 +194,7 @@ def table_columns(values: list[dict[str, float]]) -> tuple[str, list[str]]:
 
     names = [
         name
-        for name in WORKLOAD_METRICS + STATIC_METRICS
+        for name in EFFICIENCY_METRICS
         if len({cell(name, row.get(name)) for row in values} - {"-"}) > 1
     ]
     widths = {

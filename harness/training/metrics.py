@@ -18,6 +18,7 @@ class Metric:
     digits: int  # decimals shown
     direction: Literal["maximize", "minimize"] | None  # which way is better (None: neither)
     objective: bool = True  # may a study optimise it?
+    efficiency: Literal["workload", "static"] | None = None  # one of NeuroBench's, of which kind
 
 
 METRICS: dict[str, Metric] = {
@@ -33,14 +34,17 @@ METRICS: dict[str, Metric] = {
     # any hardware, so the counts are minimised; sparser activity is what makes an SNN cheap
     # on event-driven hardware, so activation sparsity is maximised (each only means something
     # beside accuracy: a silent network is perfectly sparse and useless).
-    "activation_sparsity": Metric("act. sparsity", 4, "maximize"),
-    "synops_effective_macs": Metric("eff. MACs", 0, "minimize"),
-    "synops_effective_acs": Metric("eff. ACs", 0, "minimize"),
-    "synops_dense": Metric("dense synops", 0, "minimize"),
-    "membrane_updates": Metric("membrane updates", 0, "minimize"),
+    "activation_sparsity": Metric("act. sparsity", 4, "maximize", efficiency="workload"),
+    "synops_effective_macs": Metric("eff. MACs", 0, "minimize", efficiency="workload"),
+    "synops_effective_acs": Metric("eff. ACs", 0, "minimize", efficiency="workload"),
+    "synops_dense": Metric("dense synops", 0, "minimize", efficiency="workload"),
+    "membrane_updates": Metric("membrane updates", 0, "minimize", efficiency="workload"),
     # Static: fixed by the configuration (hidden size), not learned, so not study objectives.
-    "footprint_bytes": Metric("footprint B", 0, "minimize", objective=False),
-    "parameter_count": Metric("parameters", 0, "minimize", objective=False),
-    "connection_sparsity": Metric("conn. sparsity", 4, "maximize", objective=False),
+    "footprint_bytes": Metric("footprint B", 0, "minimize", objective=False, efficiency="static"),
+    "parameter_count": Metric("parameters", 0, "minimize", objective=False, efficiency="static"),
+    "connection_sparsity": Metric(
+        "conn. sparsity", 4, "maximize", objective=False, efficiency="static"
+    ),
 }
 OBJECTIVE_METRICS = tuple(name for name, spec in METRICS.items() if spec.objective)
+EFFICIENCY_METRICS = tuple(name for name, spec in METRICS.items() if spec.efficiency)
