@@ -12,7 +12,7 @@ ARGS ?=
 
 NAME ?= smoke
 
-.PHONY: install data train study worker report compare ui dashboard bench test lint clean
+.PHONY: install data train study worker report compare ui dashboard bench test test-fast lint clean
 
 # Debian packages the tests use: headless Chromium (report page), PostgreSQL (workers) and
 # Fashion-MNIST's files (the data set `dataset: fashion_mnist`).
@@ -57,6 +57,10 @@ bench:
 
 test:
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but real MNIST, processes, PostgreSQL and Chromium.
+test-fast:
+	$(BIN)/python -m pytest -q -m "not (mnist or processes or postgres or chromium)"
 
 lint:
 	$(BIN)/ruff check harness tests

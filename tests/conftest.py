@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ def mnist_dir() -> Path:
     folder = acquire.default_data_dir().resolve()
     acquire.acquire(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The session's own cache of MLflow's empty database (built by the first study, copied
+    by the others), inherited by every process a test starts; never the user's ~/.cache."""
+    os.environ["HARNESS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(autouse=True)

@@ -177,6 +177,8 @@ def raced(tmp_path_factory, mnist_dir):
     return folder, out, done.stdout
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_two_workers_spend_fewer_seeds_on_the_clearly_worse_configurations(raced):
     folder, out, stdout = raced
     seeds = _check_stores(out, "raced")
@@ -191,6 +193,8 @@ def test_two_workers_spend_fewer_seeds_on_the_clearly_worse_configurations(raced
     )
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_the_report_shows_the_seeds_and_why_they_stopped(raced, tmp_path):
     folder, out, _ = raced
     done = run_cli("report", str(folder / "raced.yaml"), "--output-dir", str(out),
@@ -200,6 +204,8 @@ def test_the_report_shows_the_seeds_and_why_they_stopped(raced, tmp_path):
     assert '<th class="">stopped</th>' in body and ">decided<" in body
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_killed_adaptive_study_resumes_its_rounds(tmp_path, mnist_dir):
     path = write_study(tmp_path, "raced", space=SPACE, seeds=SEEDS)
     out = tmp_path / "out"
@@ -233,6 +239,8 @@ def test_a_killed_adaptive_study_resumes_its_rounds(tmp_path, mnist_dir):
     assert len(rounds) == len(set(rounds))  # no seed of a round settled twice
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_search_with_adaptive_seeds_stops_worse_trials_by_wilcoxon(tmp_path, mnist_dir):
     """A search gets Optuna's WilcoxonPruner with seeds as its instances: a trial found worse
     than the best (one-sided Wilcoxon p < 0.1, at least `min` seeds) stops there, and its value

@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from harness.bench.timing import peak_memory_mb, time_steps
@@ -12,6 +13,8 @@ from harness.config import make_run_config
 from harness.training.loop import resolve_device
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_bench_cli_reports_both_backends_side_by_side(mnist_dir):
     command = [
         sys.executable, "-m", "harness", "bench", "--quick", "--iterations", "3",
@@ -43,6 +46,7 @@ def test_steps_take_turns_in_rounds_on_the_same_batches():
     assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1)]
 
 
+@pytest.mark.processes
 def test_bench_rejects_a_round_below_one_with_exit_2():
     done = subprocess.run(
         [sys.executable, "-m", "harness", "bench", "--device", "cpu", "--round", "0"],
@@ -64,6 +68,7 @@ def test_fused_step_needs_less_memory_than_the_reference():
     assert 0 <= fused < reference
 
 
+@pytest.mark.processes
 def test_bench_rejects_a_bad_device_with_exit_2():
     done = subprocess.run(
         [sys.executable, "-m", "harness", "bench", "--device", "gpu"],
@@ -75,6 +80,8 @@ def test_bench_rejects_a_bad_device_with_exit_2():
 PEERS_INSTALLED = all(importlib.util.find_spec(name) for name in ("spikingjelly", "norse"))
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_bench_peers_rows_share_weights_batches_and_initial_loss(mnist_dir):
     command = [
         sys.executable, "-m", "harness", "bench", "--peers", "--quick", "--iterations", "2",
@@ -121,6 +128,8 @@ def test_bench_compile_needs_peers(capsys):
     assert "--peers" in capsys.readouterr().err
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_bench_profile_names_where_the_fused_iteration_spends_its_time(mnist_dir):
     command = [
         sys.executable, "-m", "harness", "bench", "--profile", "--iterations", "2",

@@ -355,6 +355,8 @@ def test_bad_input_is_one_line_and_writes_nothing(stores, capsys, tmp_path, args
     assert not (tmp_path / "reports").exists() and not (stores / "missing").exists()
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_tiny_real_pair_end_to_end(tmp_path, mnist_dir):
     """The fused backend against the reference on a tiny real study, through `python -m`."""
     fused = write_study(tmp_path, "tiny_fused", space={"beta": [0.95]}, seeds=[0, 1])

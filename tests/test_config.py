@@ -167,6 +167,7 @@ def test_the_kernel_refuses_a_surrogate_code_it_does_not_know():
         _surrogate(np.float32(0.1), unknown, np.float32(2.0))
 
 
+@pytest.mark.processes
 def test_config_reads_its_tables_without_torch():
     code = "import sys, harness.config; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

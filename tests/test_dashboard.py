@@ -102,6 +102,10 @@ def _closed(port: int) -> bool:
     return _listening_addresses(port) == set()
 
 
+@pytest.mark.chromium
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
 
     journal = (out / "optuna.journal").read_bytes()
@@ -152,6 +156,8 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
     assert (out / "optuna.journal").read_bytes() == journal  # the study as it was
 
 
+@pytest.mark.postgres
+@pytest.mark.processes
 @pytest.mark.filterwarnings("ignore:.*set_metric_names is experimental")
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
 def test_a_stop_signal_ends_the_dashboard_on_a_database(how, tmp_path):
@@ -192,6 +198,8 @@ def test_a_bad_port_is_one_line(port, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_busy_port_is_one_line(out, capsys):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -218,6 +226,8 @@ def test_missing_stores_are_one_line_and_nothing_is_made(tmp_path, capsys):
     assert "--storage: 'nosuch' is not an Optuna storage" in _one_error_line(capsys)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_the_read_only_storage_reads_all_and_writes_nothing(out):
     public = {name for name in dir(BaseStorage) if not name.startswith("_")}
     assert set(READS) | set(WRITES) == public and not set(READS) & set(WRITES)

@@ -72,6 +72,7 @@ def test_test_batches_cover_every_image_once(tiny_dataset):
     assert [len(labels) for _, labels in batches] == [64, 64, 64, 8]
 
 
+@pytest.mark.mnist
 def test_real_mnist_is_verified_with_the_published_class_counts(mnist_dir):
     checksum = acquire.verify(mnist_dir)
     test = loading.read_split(mnist_dir, "t10k")
@@ -86,6 +87,7 @@ def test_write_idx_roundtrip(tmp_path):
     assert np.array_equal(loading.read_idx(tmp_path / "x"), array)
 
 
+@pytest.mark.processes
 def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_soon(tmp_path):
     unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens, refused at once
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}

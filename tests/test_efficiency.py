@@ -257,6 +257,7 @@ def mnist_64(mnist_dir):
     return load(mnist_dir, torch.device("cpu"), train_subset=256, test_subset=64)
 
 
+@pytest.mark.mnist
 @pytest.mark.parametrize("settings", CROSS_CHECKS, ids=lambda s: "-".join(map(str, s.values())))
 def test_the_metrics_are_neurobench_s_on_the_same_weights_and_images(mnist_64, settings):
     pytest.importorskip("neurobench")
@@ -305,6 +306,7 @@ def test_the_metrics_are_neurobench_s_on_the_same_weights_and_images(mnist_64, s
         assert fused_metrics[name] == ours[name], name
 
 
+@pytest.mark.mnist
 def test_a_binary_image_costs_acs_as_in_neurobench_one_image_at_a_time(mnist_dir):
     """NeuroBench calls a layer's input spiking when the whole batch is 0/1/-1; the harness
     decides per image, so it equals NeuroBench run one image at a time (batch size 1)."""

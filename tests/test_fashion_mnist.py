@@ -98,6 +98,7 @@ def test_its_test_labels_have_a_thousand_images_per_class(fashion_dir):
     assert dataset.checksum != mnist_checksum
 
 
+@pytest.mark.processes
 def test_harness_data_acquires_it(fashion_dir):
     done = subprocess.run(
         [sys.executable, "-m", "harness", "data", "--dataset", "fashion_mnist",
@@ -110,6 +111,7 @@ def test_harness_data_acquires_it(fashion_dir):
     assert done.stdout.strip() == f"Fashion-MNIST ready in {raw} (checksum {checksum})"
 
 
+@pytest.mark.processes
 def test_training_on_a_small_subset_beats_chance(fashion_dir):
     done = subprocess.run(
         [sys.executable, "-m", "harness", "train", "--data-dir", str(fashion_dir),
@@ -124,6 +126,8 @@ def test_training_on_a_small_subset_beats_chance(fashion_dir):
     assert accuracy > 0.2, done.stdout  # chance is 0.1
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_study_varying_the_dataset_loads_each_for_its_runs(fashion_dir, mnist_dir, tmp_path):
     from tests.helpers import TINY, run_cli, seed_runs, stores_of, write_study
 

@@ -128,6 +128,8 @@ def assert_consistent(out: Path, path: Path, seeds: int) -> None:
         assert mean == pytest.approx(values[row["trial"]], abs=1e-12)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_a_kill_at_any_point_then_a_rerun_counts_each_seed_once(tmp_path, mnist_dir, point):
     path = write_study(tmp_path, "k", space={"beta": [0.9]}, seeds=[0, 1])
@@ -148,6 +150,8 @@ def test_a_kill_at_any_point_then_a_rerun_counts_each_seed_once(tmp_path, mnist_
         assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED", "KILLED"]
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_changed_study_file_is_refused_and_the_stored_one_kept(tmp_path, mnist_dir, capsys):
     from harness.cli import main
 
@@ -172,6 +176,8 @@ def test_a_changed_study_file_is_refused_and_the_stored_one_kept(tmp_path, mnist
 SEARCH = {"beta": {"low": 0.5, "high": 0.99}, "decoding": {"choices": ["rate", "latency"]}}
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_resumed_search_processes_draw_new_configurations(tmp_path, mnist_dir):
     path = write_study(
         tmp_path, "s", space=SEARCH, sampler="random", sampler_seed=0, n_trials=3,
@@ -192,6 +198,8 @@ def test_resumed_search_processes_draw_new_configurations(tmp_path, mnist_dir):
     assert [json.dumps(t.params, sort_keys=True) for t in settled_trials(study2)] == params
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_two_workers_run_exactly_n_trials_of_a_search(tmp_path, mnist_dir):
     path = write_study(
         tmp_path, "w", space=SEARCH, sampler="tpe", sampler_seed=0, n_trials=5,
@@ -212,6 +220,8 @@ def test_two_workers_run_exactly_n_trials_of_a_search(tmp_path, mnist_dir):
 SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 @pytest.mark.parametrize(("how", "code"), [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
 def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
     tmp_path, mnist_dir, how, code
@@ -236,6 +246,8 @@ def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
     assert_consistent(out, path, seeds=1)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 @pytest.mark.parametrize("delay", [0.5, 2.0, 4.0])
 def test_a_signal_at_any_moment_of_start_up_is_honoured(tmp_path, mnist_dir, delay):
     path = write_study(tmp_path, "early", space={"beta": [0.9]})
@@ -252,6 +264,8 @@ def test_a_signal_at_any_moment_of_start_up_is_honoured(tmp_path, mnist_dir, del
         assert_consistent(out, path, seeds=1)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_path, mnist_dir):
     path = write_study(tmp_path, "pause", base=SLOW, space={"beta": [0.8]})
     out = tmp_path / "out"
@@ -282,6 +296,8 @@ def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_
     assert_consistent(out, path, seeds=1)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_paused_worker_on_this_host_is_not_declared_dead(tmp_path, mnist_dir):
     path = write_study(tmp_path, "nap", base=SLOW, space={"beta": [0.8, 0.9]})
     out = tmp_path / "out"
@@ -307,6 +323,7 @@ def test_a_paused_worker_on_this_host_is_not_declared_dead(tmp_path, mnist_dir):
     assert_consistent(out, path, seeds=1)
 
 
+@pytest.mark.mnist
 def test_reports_page_through_all_runs(tmp_path, mnist_dir, monkeypatch):
     path = write_study(tmp_path, "many", space={"beta": [0.7, 0.8, 0.9]}, seeds=[0, 1])
     config = load_study(str(path))
@@ -323,6 +340,7 @@ def test_reports_page_through_all_runs(tmp_path, mnist_dir, monkeypatch):
     assert list(aggregate.configurations(data)["seeds"]) == [2, 2, 2]
 
 
+@pytest.mark.mnist
 def test_a_report_killed_while_writing_keeps_the_previous_one(tmp_path, mnist_dir):
     path = write_study(tmp_path, "rep", space={"beta": [0.9]})
     config = load_study(str(path))
@@ -357,6 +375,8 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_full_disk_during_training_is_one_line_and_fails_run_and_trial(
     tmp_path, mnist_dir, small_disk
 ):

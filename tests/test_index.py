@@ -76,6 +76,7 @@ def _configurations(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.mnist
 def test_each_report_has_a_summary_equal_to_its_table(reports):
     reports_dir, commits = reports
     for name, seeds in (("alpha", 2), ("bravo", 3)):
@@ -98,6 +99,7 @@ def test_each_report_has_a_summary_equal_to_its_table(reports):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary["generated"])
 
 
+@pytest.mark.mnist
 def test_index_lists_each_report_with_the_numbers_of_its_summary(reports):
     reports_dir, _ = reports
     rows = _rows(reports_dir / "index.html")
@@ -122,6 +124,7 @@ def test_index_lists_each_report_with_the_numbers_of_its_summary(reports):
     assert rows["bravo"]["best"].endswith("(3 seeds)")
 
 
+@pytest.mark.mnist
 def test_an_older_report_without_a_summary_is_a_link(reports):
     reports_dir, _ = reports
     row = _rows(reports_dir / "index.html")["old"]
@@ -130,6 +133,7 @@ def test_an_older_report_without_a_summary_is_a_link(reports):
     assert "an older report without a summary" in (reports_dir / "index.html").read_text()
 
 
+@pytest.mark.mnist
 def test_index_escapes_the_descriptions(reports):
     reports_dir, _ = reports
     body = (reports_dir / "index.html").read_text()
@@ -137,6 +141,7 @@ def test_index_escapes_the_descriptions(reports):
     assert "Alpha &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in body
 
 
+@pytest.mark.mnist
 def test_index_is_written_whole_and_readable(reports):
     reports_dir, _ = reports
     assert not list(reports_dir.glob(".index.html*"))  # no temporary file left

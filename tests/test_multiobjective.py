@@ -285,6 +285,7 @@ def tiny_grid(tmp_path_factory, mnist_dir):
     return config, stores, study, page
 
 
+@pytest.mark.mnist
 def test_a_grid_of_two_objectives_tells_both_means(tiny_grid):
     config, stores, study, _ = tiny_grid
     assert study.metric_names == ["test_accuracy", "test_loss"]
@@ -299,6 +300,7 @@ def test_a_grid_of_two_objectives_tells_both_means(tiny_grid):
     assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "test_accuracy"
 
 
+@pytest.mark.mnist
 def test_the_report_draws_the_front_and_lists_it(tiny_grid):
     config, _, study, page = tiny_grid
     body = page.read_text()
@@ -327,6 +329,7 @@ def test_the_report_draws_the_front_and_lists_it(tiny_grid):
     assert any("against" in p.extract_text() for p in reader.pages[1:])
 
 
+@pytest.mark.mnist
 def test_a_tiny_nsga2_search_reports_history_and_importances(tmp_path, mnist_dir):
     path = write_study(
         tmp_path, "ga", sampler="nsga2", sampler_seed=0, n_trials=4, objectives=TWO,
@@ -347,6 +350,7 @@ def test_a_tiny_nsga2_search_reports_history_and_importances(tmp_path, mnist_dir
     assert "first of 2 objectives" in index and "Pareto-optimal" in index
 
 
+@pytest.mark.mnist
 def test_accuracy_against_synaptic_operations(tmp_path, mnist_dir):
     """The issue's pair: accuracy (max) against effective synaptic accumulates (min)."""
     objectives = [TWO[0], {"metric": "synops_effective_acs", "direction": "minimize"}]

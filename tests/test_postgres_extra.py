@@ -12,6 +12,7 @@ from harness.cli import main
 DRIVERS = {"psycopg2-binary", "psycopg"}
 
 
+@pytest.mark.postgres
 def test_the_drivers_are_only_in_the_postgres_extra():
     requirements = [Requirement(r) for r in importlib.metadata.requires("harness")]
     base = {r.name for r in requirements if r.marker is None}
@@ -23,6 +24,7 @@ def test_the_drivers_are_only_in_the_postgres_extra():
     assert "optuna-dashboard" in base
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     ("command", "url"),
     [
@@ -46,6 +48,7 @@ def test_a_missing_driver_says_to_install_the_extra(command, url, monkeypatch, t
     assert not out.exists()
 
 
+@pytest.mark.postgres
 def test_installed_drivers_pass_the_check():
     from harness.stores.urls import check_store_urls
 

@@ -46,6 +46,7 @@ def _table(page: Path, name: str = "configurations") -> list[list[str]]:
     return [[html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)] for r in rows]
 
 
+@pytest.mark.mnist
 def test_table_numbers_equal_what_mlflow_holds(tiny_study):
     config, stores, page = tiny_study
     client = MlflowClient(stores.tracking_uri)
@@ -75,6 +76,7 @@ def test_table_numbers_equal_what_mlflow_holds(tiny_study):
     assert [row[2] for row in rows if row[0] == best] == ["best"]
 
 
+@pytest.mark.mnist
 def test_paired_test_against_the_best_by_default(tiny_study):
     """The configurations share seeds 0 and 1: each is compared with the best seed by seed,
     and p, its Holm adjustment, the CI and the minimum detectable effect equal scipy's and
@@ -128,6 +130,7 @@ def test_paired_test_against_the_best_by_default(tiny_study):
         assert entry["mde"] == pytest.approx(mde, rel=1e-9)
 
 
+@pytest.mark.mnist
 def test_page_says_what_is_missing_and_escapes_user_text(tiny_study):
     _, _, page = tiny_study
     body = page.read_text()
@@ -137,6 +140,7 @@ def test_page_says_what_is_missing_and_escapes_user_text(tiny_study):
     assert "14 finished" in body and "git commit:" in body and "data checksum (mnist):" in body
 
 
+@pytest.mark.mnist
 def test_pdf_has_a_page_per_figure_with_text(tiny_study):
     _, _, page = tiny_study
     figures = sorted(p.stem for p in page.parent.glob("*.png"))
@@ -151,6 +155,8 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
     assert any("Rate against latency decoding" in t for t in titles)
 
 
+@pytest.mark.chromium
+@pytest.mark.mnist
 def test_page_renders_in_headless_chromium(tiny_study, tmp_path):
 
     _, _, page_path = tiny_study
@@ -176,6 +182,7 @@ def test_report_cli_on_a_study_that_never_ran(tmp_path, capsys):
     assert len(PdfReader(tmp_path / "reports" / "never" / "report.pdf").pages) == 1
 
 
+@pytest.mark.mnist
 def test_report_shows_only_the_runs_of_the_current_study(tmp_path, mnist_dir):
     path = write_study(tmp_path, "again", space={"beta": [0.9]})
     config = load_study(str(path))
@@ -190,6 +197,7 @@ def test_report_shows_only_the_runs_of_the_current_study(tmp_path, mnist_dir):
     assert [row[1] for row in _table(page)[1:]] == ["1"]
 
 
+@pytest.mark.mnist
 def test_a_fresh_beta_grid_reports_the_paired_test_mlflow_numbers_give(tmp_path, mnist_dir):
     """From fresh stores, a grid over beta with 3 shared seeds: the report's p against the best
     is scipy's paired t-test on the per-seed test accuracies that MLflow holds."""

@@ -37,6 +37,8 @@ def assert_grid_covered_once(study: optuna.Study, client: MlflowClient, seeds: i
     assert linked == sorted(r.info.run_id for r in runs)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_two_workers_cover_a_grid_once_on_the_embedded_stores(tmp_path, mnist_dir):
     path = write_study(tmp_path, "pair", space=GRID, seeds=2)
     out = tmp_path / "out"
@@ -91,6 +93,9 @@ def mlflow_server(postgres, tmp_path_factory):
         stop_process_group(server)  # the server's uvicorn child too
 
 
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_two_workers_on_postgresql_and_an_mlflow_server(
     tmp_path, mnist_dir, postgres, mlflow_server
 ):
@@ -109,6 +114,8 @@ def test_two_workers_on_postgresql_and_an_mlflow_server(
     assert again.returncode == 0 and "nothing left to train" in again.stdout
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_diverging_configuration_fails_its_trial_and_the_study_goes_on(tmp_path, mnist_dir):
     path = write_study(tmp_path, "diverge", space={"lr": [1e36, 5e-3]})
     out = tmp_path / "out"
@@ -129,6 +136,8 @@ def test_a_diverging_configuration_fails_its_trial_and_the_study_goes_on(tmp_pat
     assert len(optuna.load_study(study_name="diverge", storage=stores.storage).trials) == 2
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_saved_weights_load_back_without_running_code(tmp_path, mnist_dir):
     path = write_study(tmp_path, "weights", space={"beta": [0.9]}, base={"save_model": True})
     out = tmp_path / "out"

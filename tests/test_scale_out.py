@@ -118,6 +118,9 @@ def server():
         server.close()
 
 
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_workers_started_together_on_fresh_databases_all_run(tmp_path, mnist_dir, server):
     storage = server.createdb("together_optuna")
     tracking = server.createdb("together_mlflow")
@@ -132,6 +135,9 @@ def test_workers_started_together_on_fresh_databases_all_run(tmp_path, mnist_dir
         assert_every_seed_once(storage, tracking, name, points=3, seeds=2)
 
 
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_a_worker_waits_for_the_postgresql_set_up_lock_and_says_for_whom(
     tmp_path, mnist_dir, server
 ):
@@ -150,6 +156,9 @@ def test_a_worker_waits_for_the_postgresql_set_up_lock_and_says_for_whom(
     assert_every_seed_once(storage, tracking, "locked", points=1, seeds=1)
 
 
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_a_database_restart_mid_study_is_waited_for(tmp_path, mnist_dir, server):
     storage = server.createdb("restart_optuna")
     tracking = server.createdb("restart_mlflow")
@@ -171,6 +180,9 @@ def test_a_database_restart_mid_study_is_waited_for(tmp_path, mnist_dir, server)
     assert_every_seed_once(storage, tracking, "restart", points=3, seeds=2)
 
 
+@pytest.mark.mnist
+@pytest.mark.postgres
+@pytest.mark.processes
 def test_a_database_down_for_longer_than_the_bound_fails_the_trial_in_one_line(
     tmp_path, mnist_dir, server
 ):
@@ -240,6 +252,8 @@ def _parent(stat: Path) -> int | None:
         return None
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
     folder = tmp_path / "server"
     folder.mkdir()
@@ -285,6 +299,8 @@ def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
         stop_process_group(server)
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_path, mnist_dir):
     # long enough a run to pause the first worker in training, not in a store's write
     path = write_study(tmp_path, "share", space={"beta": [0.7, 0.8, 0.9]},

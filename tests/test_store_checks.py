@@ -65,6 +65,8 @@ def commands(path: Path, out: Path, tmp_path: Path, mnist_dir: Path) -> dict[str
     }
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 @pytest.mark.parametrize("pages", [3, 40])
 def test_a_damaged_tracking_database_stops_every_command_in_one_line(
     finished, tmp_path, mnist_dir, capsys, pages
@@ -92,6 +94,8 @@ def test_a_damaged_tracking_database_stops_every_command_in_one_line(
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_whole_tracking_database_passes_the_check_in_milliseconds(finished, tmp_path):
     out = copy_stores(finished, tmp_path)
     check_tracking_database(out / "mlflow.db")  # whole: no error
@@ -101,6 +105,8 @@ def test_a_whole_tracking_database_passes_the_check_in_milliseconds(finished, tm
     assert (time.perf_counter() - started) / 10 < 0.25  # milliseconds, in fact
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_lost_tracking_database_is_a_broken_pair_of_stores(finished, tmp_path, mnist_dir, capsys):
     out = copy_stores(finished, tmp_path)
     (out / "mlflow.db").unlink()

@@ -128,6 +128,7 @@ def _open_files() -> list[str]:
     return names
 
 
+@pytest.mark.processes
 def test_a_kill_while_mlflow_creates_its_tables_leaves_no_broken_database(tmp_path):
     out = tmp_path / "out"
     database = out / "mlflow.db"
@@ -136,6 +137,7 @@ def test_a_kill_while_mlflow_creates_its_tables_leaves_no_broken_database(tmp_pa
         process = subprocess.Popen(
             [sys.executable, "-c", CREATE, str(out)], cwd=ROOT, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, "HARNESS_CACHE_DIR": "off"},  # MLflow's migrations, not a copy
         )  # fmt: skip
         assert process.stdout.readline().strip() == "ready"
         time.sleep(delay)
@@ -242,6 +244,7 @@ def _fill(study: optuna.Study) -> None:
         trial.set_user_attr(f"attr{index}", "x" * 9000)  # records larger than a page
 
 
+@pytest.mark.processes
 def test_a_journal_torn_by_a_full_disk_is_cut_back_with_a_copy_kept(tmp_path, can_mount, capsys):
     out = tmp_path / "out"
     journal = out / "optuna.journal"
@@ -395,6 +398,8 @@ def test_a_live_writers_half_written_record_is_not_taken_for_a_torn_one(tmp_path
 # 3. The set-up lock -------------------------------------------------------------------------
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_worker_waits_for_a_held_set_up_lock_says_for_whom_and_gives_up(tmp_path, mnist_dir):
     path = write_study(tmp_path, "locked", space={"beta": [0.9]})
     out = tmp_path / "out"
@@ -432,6 +437,8 @@ def test_the_lock_timeout_must_be_a_number(tmp_path, monkeypatch):
 # 4. Read-only stores ------------------------------------------------------------------------
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_finished_stores_in_a_read_only_folder_are_read_and_not_written(
     tmp_path, mnist_dir, can_mount
 ):
@@ -483,3 +490,38 @@ def test_reading_stores_that_are_not_there_creates_nothing(tmp_path):
     with pytest.raises(KeyError):
         optuna.load_study(study_name="absent", storage=stores.storage)
     assert not out.exists()
+
+
+def test_a_new_tracking_database_is_a_copy_of_the_cached_empty_one(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
+    databases = []
+    for name in ("first", "second"):
+        stores = open_stores(tmp_path / name)
+        with stores.setup_lock():
+            stores.create_tracking_tables()
+        databases.append(tmp_path / name / "mlflow.db")
+        check_tracking_database(databases[-1])
+    (template,) = cache.glob("mlflow-*.db")  # built by the first, copied by the second
+    for database in databases:
+        with closing(sqlite3.connect(database)) as db:
+            (location,) = db.execute(
+                "SELECT artifact_location FROM experiments WHERE experiment_id = 0"
+            ).fetchone()
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert location == (database.parent / "mlartifacts").resolve().as_uri() + "/0"
+    client = MlflowClient(open_stores(tmp_path / "second").tracking_uri)
+    experiment = client.create_experiment("works")
+    client.create_run(experiment)  # MLflow uses the copy as its own
+    template.write_bytes(b"not a database")  # a damaged cache: built afresh instead
+    stores = open_stores(tmp_path / "third")
+    with stores.setup_lock():
+        stores.create_tracking_tables()
+    check_tracking_database(tmp_path / "third" / "mlflow.db")
+    monkeypatch.setenv("HARNESS_CACHE_DIR", "off")
+    for path in cache.glob("*"):
+        path.unlink()
+    stores = open_stores(tmp_path / "fourth")
+    with stores.setup_lock():
+        stores.create_tracking_tables()
+    assert not list(cache.glob("*"))  # off: nothing cached

@@ -28,6 +28,8 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir):
     path = write_study(tmp_path, "grid", space={"beta": [0.8, 0.95]}, seeds=[0, 3])
     out = tmp_path / "out"
@@ -98,6 +100,8 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
     assert len(seed_runs(client, "grid")) == 4  # nothing trained again
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_an_interrupted_grid_resumes_with_what_is_left(tmp_path, mnist_dir):
     path = write_study(tmp_path, "resume", space={"beta": [0.7, 0.8, 0.9]})
     out = tmp_path / "out"
@@ -115,6 +119,8 @@ def test_an_interrupted_grid_resumes_with_what_is_left(tmp_path, mnist_dir):
     assert len(seed_runs(client, "resume")) == 3
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_pruned_trial_is_recorded_in_optuna_and_mlflow(tmp_path, mnist_dir):
     path = write_study(
         tmp_path, "prune", space={"lr": [5e-3, 1e-9]},
@@ -185,6 +191,9 @@ def test_study_grid_and_seeds():
     assert load_study("beta_sweep", ROOT / "studies").seed_list == [0, 1, 2]
 
 
+@pytest.mark.chromium
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, mnist_dir):
     path = write_study(
         tmp_path, "ui", space={"beta": [0.8, 0.9]}, seeds=2, description="Two betas, two seeds each"
@@ -228,6 +237,8 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
 SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_killed_study_resumes_with_consistent_stores(tmp_path, mnist_dir):
     """kill -9 during training (signals and other kill points: tests/test_faults.py)."""
     path = write_study(tmp_path, "killed", base=SLOW, space={"beta": [0.8, 0.9]})
@@ -253,6 +264,8 @@ def test_a_killed_study_resumes_with_consistent_stores(tmp_path, mnist_dir):
     assert client.get_run(killed_run).info.status == "KILLED"
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_store_written_by_the_previous_run_layout_reports_and_resumes(tmp_path, mnist_dir):
     """tests/fixtures/legacy_store: a study half run by the harness before parent runs (flat
     runs, one per seed), as SQL and journal text; the current one must resume and report it."""

@@ -69,6 +69,8 @@ def test_a_nan_loss_ends_the_run_as_diverged(tiny_dataset):
     assert result.metrics["iterations"] == 5 and "test_accuracy" not in result.metrics
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_cli_trains_on_real_mnist_and_prints_json_last(mnist_dir):
     command = [
         sys.executable, "-m", "harness", "train", "--config", "studies/tutorial5.yaml",
@@ -85,6 +87,8 @@ def test_cli_trains_on_real_mnist_and_prints_json_last(mnist_dir):
     assert summary["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.mark.mnist
+@pytest.mark.processes
 def test_a_loss_that_explodes_is_divergence_though_finite(mnist_dir):
     command = [
         sys.executable, "-m", "harness", "train", "--set", "lr=1e9", "--set", "train_subset=640",
@@ -109,6 +113,7 @@ def test_ordinary_settings_are_not_taken_for_divergence(tiny_dataset, settings):
     assert result.status == "finished", result.message
 
 
+@pytest.mark.mnist
 def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
     tmp_path, mnist_dir, monkeypatch, capsys
 ):
@@ -139,6 +144,7 @@ def test_train_saves_weights_that_load_back_and_give_the_same_accuracy(
     assert main(["train", "--save-model", str(tmp_path)]) == 2  # a folder is not a file name
 
 
+@pytest.mark.mnist
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_cli_trains_synaptic_neurons_on_rate_spikes_from_set(mnist_dir, backend, capsys):
     sets = ["neuron=synaptic", "alpha=0.8", "encoding=rate", "train_subset=512",

@@ -50,6 +50,7 @@ def test_a_port_in_use_is_one_line_before_the_server_starts(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.processes
 def test_a_server_that_stops_by_itself_fails_the_ui(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # the database's folder cannot be made under a file
@@ -62,6 +63,7 @@ def test_a_server_that_stops_by_itself_fails_the_ui(tmp_path):
     assert done.stderr.splitlines()[-1].startswith("error: the MLflow server on http://127.0.0.1:")
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGTERM", "SIGINT"])
 def test_a_stop_signal_ends_the_whole_server(how, tmp_path):
     port = free_port()

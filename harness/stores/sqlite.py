@@ -9,8 +9,10 @@ import errno
 import os
 import re
 import shlex
+import shutil
 import socket
 import sqlite3
+import time
 import uuid
 from contextlib import closing
 from functools import lru_cache
@@ -73,15 +75,32 @@ def build_database(path: Path, artifact_root: Path | None) -> None:
 
 
 def _create_tables(path: Path, artifact_root: Path | None) -> None:
-    """MLflow's tables (all its migrations) and default experiment in a new database file,
-    through MLflow's own store; then its engine is disposed of and forgotten."""
+    """MLflow's tables and default experiment in a new database file: a copy of this MLflow
+    version's empty database when one is cached, else built by MLflow's own store (all its
+    migrations, seconds) and then cached for the next study."""
+    root = _artifact_root_uri(artifact_root)
+    template = _template_path()
+    if template is not None and _copy_template(template, path, root):
+        return
+    _build_tables(path, root)
+    if template is not None:
+        _save_template(path, template)
+
+
+def _artifact_root_uri(artifact_root: Path | None) -> str:
     from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+
+    return (
+        artifact_root.resolve().as_uri() if artifact_root else DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    )
+
+
+def _build_tables(path: Path, root: str) -> None:
+    """MLflow's migrations through its own store; then its engine is disposed of and
+    forgotten."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     uri = f"sqlite:///{path.resolve()}"
-    root = (
-        artifact_root.resolve().as_uri() if artifact_root else DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
-    )
     try:
         SqlAlchemyStore(uri, root)
     finally:
@@ -89,6 +108,48 @@ def _create_tables(path: Path, artifact_root: Path | None) -> None:
         engine = engines.pop(uri, None)
         if engine is not None:
             engine.dispose()
+
+
+def _template_path() -> Path | None:
+    """Where this MLflow version's empty tracking database is cached ($HARNESS_CACHE_DIR, else
+    ~/.cache/harness; "off" builds every database afresh)."""
+    folder = os.environ.get("HARNESS_CACHE_DIR") or str(Path.home() / ".cache" / "harness")
+    if folder == "off":
+        return None
+    import mlflow
+
+    return Path(folder) / f"mlflow-{mlflow.__version__}-{_schema_head()[0]}.db"
+
+
+def _copy_template(template: Path, path: Path, root: str) -> bool:
+    """Copy the cached empty database to `path`, its default experiment pointed at `root`;
+    False (and `path` removed) if there is none or it is not whole."""
+    try:
+        shutil.copyfile(template, path)
+        check_tracking_database(path)
+        now = int(time.time() * 1000)
+        with closing(_connect(path)) as db, db:
+            db.execute(
+                "UPDATE experiments SET artifact_location = ?, creation_time = ?, "
+                "last_update_time = ? WHERE experiment_id = 0",
+                (f"{root.rstrip('/')}/0", now, now),
+            )
+        return True
+    except (OSError, sqlite3.Error, StoreError):
+        path.unlink(missing_ok=True)
+        return False
+
+
+def _save_template(path: Path, template: Path) -> None:
+    """Cache a freshly built empty database for later studies (best effort: a cache that
+    cannot be written only means the next study builds its own)."""
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_name(f".{template.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        shutil.copyfile(path, partial)
+        os.replace(partial, template)
+    except OSError:
+        pass
 
 
 def _publish(aside: Path, path: Path) -> None:
