@@ -4,6 +4,8 @@ import html
 import json
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -19,7 +21,7 @@ from harness.config import load_study
 from harness.report import build_report
 from harness.stores.opening import open_stores
 from harness.study.runner import run_study
-from tests.helpers import chromium_page, seed_runs, write_study
+from tests.helpers import ROOT, chromium_page, seed_runs, write_study
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +159,26 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
 
 @pytest.mark.chromium
 @pytest.mark.mnist
+@pytest.mark.processes
+def test_report_and_compare_import_neither_torch_nor_numba(tiny_study, tmp_path):
+    """Reading a study is light: `harness report` and `harness compare` run in a process that
+    never imports torch or numba (the settled rules, the MLflow readers, the figures)."""
+    config, stores, _ = tiny_study
+    out = Path(stores.tracking_uri.removeprefix("sqlite:///")).parent
+    code = f"""
+import sys
+from harness.cli import main
+path = {str(out.parent / "tiny.yaml")!r}
+common = ["--output-dir", {str(out)!r}, "--reports-dir", {str(tmp_path)!r}]
+assert main(["report", path, *common]) == 0
+assert main(["compare", path, path, *common]) == 0
+print(sorted(m for m in ("torch", "numba") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_page_renders_in_headless_chromium(tiny_study, tmp_path):
 
     _, _, page_path = tiny_study
