@@ -60,6 +60,7 @@ def test_bench_rejects_a_round_below_one_with_exit_2():
     )
 
 
+@pytest.mark.processes  # each backend's peak is measured in a fresh process
 def test_fused_step_needs_less_memory_than_the_reference():
     device = resolve_device("cpu")
     settings = {"hidden": 300, "num_steps": 25, "device": "cpu"}

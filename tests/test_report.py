@@ -157,7 +157,6 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
     assert any("Rate against latency decoding" in t for t in titles)
 
 
-@pytest.mark.chromium
 @pytest.mark.mnist
 @pytest.mark.processes
 def test_report_and_compare_import_neither_torch_nor_numba(tiny_study, tmp_path):
@@ -179,6 +178,8 @@ print(sorted(m for m in ("torch", "numba") if m in sys.modules))
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.chromium
+@pytest.mark.mnist
 def test_page_renders_in_headless_chromium(tiny_study, tmp_path):
 
     _, _, page_path = tiny_study
