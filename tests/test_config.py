@@ -159,12 +159,15 @@ def test_the_kernel_computes_each_surrogates_derivative(name):
         )
 
 
-def test_the_kernel_refuses_a_surrogate_code_it_does_not_know():
-    from harness.network.kernels.lif_scan import _surrogate
+def test_the_kernel_refuses_a_surrogate_code_it_does_not_know(monkeypatch):
+    from harness.network.kernels import lif_scan
 
-    unknown = max(spec.kernel_code for spec in SURROGATES.values()) + 1
-    with pytest.raises(ValueError, match="unknown surrogate code"):
-        _surrogate(np.float32(0.1), unknown, np.float32(2.0))
+    assert {spec.kernel_code for spec in SURROGATES.values()} <= set(lif_scan.KERNEL_CODES)
+    unknown = max(lif_scan.KERNEL_CODES) + 1
+    monkeypatch.setitem(lif_scan.SURROGATE_CODE, "atan", unknown)
+    cur1, w2, b2 = torch.zeros(2, 4), torch.zeros(3, 4), torch.zeros(3)
+    with pytest.raises(ValueError, match=f"kernel code {unknown}, for which the CPU kernel's"):
+        lif_scan.fused_lif_net(cur1, w2, b2, 5, 0.9, 1.0, "atan", 2.0)
 
 
 @pytest.mark.processes

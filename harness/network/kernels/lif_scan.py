@@ -164,15 +164,29 @@ def _fc2_steps(s1, w2, b2, cur2):
 @njit(error_model="numpy", cache=True)
 def _surrogate(x, code, slope):
     """dS/dU at x = U - thr for the surrogate of `code` (harness/network/surrogates.py's
-    `kernel_code`): 0 snnTorch's atan with alpha = slope, 1 fast_sigmoid."""
+    `kernel_code`): 0 snnTorch's atan with alpha = slope, 1 fast_sigmoid. Only the codes in
+    `KERNEL_CODES` reach it (`surrogate_code` checks them at the kernel's entry: a raise
+    here, in the hot loop, would keep LLVM from vectorising the backward pass)."""
     one = F32(1.0)
     if code == 0:
         kx = F32(math.pi / 2.0 * slope) * x
         return F32(slope / 2.0) / (one + kx * kx)
-    if code == 1:
-        q = slope * abs(x) + one
-        return one / (q * q)
-    raise ValueError("unknown surrogate code: add its branch to the kernel's _surrogate")
+    q = slope * abs(x) + one
+    return one / (q * q)
+
+
+KERNEL_CODES = (0, 1)  # the codes `_surrogate` has a branch for
+
+
+def surrogate_code(surrogate: str) -> int:
+    """The kernel's code for `surrogate`; ValueError if `_surrogate` has no branch for it."""
+    code = SURROGATE_CODE[surrogate]
+    if code not in KERNEL_CODES:
+        raise ValueError(
+            f"surrogate {surrogate!r} has kernel code {code}, for which the CPU kernel's "
+            f"_surrogate has no branch (it has {KERNEL_CODES}): add one"
+        )
+    return code
 
 
 def _chunks(batch: int) -> int:
@@ -466,7 +480,7 @@ class _FusedLIFNet(torch.autograd.Function):
         )  # None: the loss does not read them
         _backward(
             cur1.numpy(), w2.numpy(), membranes.reshape(flat).numpy(), grad_spikes,
-            grad_membranes, alpha, F32(beta), F32(thr), SURROGATE_CODE[surrogate],
+            grad_membranes, alpha, F32(beta), F32(thr), surrogate_code(surrogate),
             F32(slope), _chunks(batch), g2.numpy(), g2.reshape(flat).numpy(),
             grad_cur1.numpy(), grad_w2.numpy(), grad_b2.numpy(),
         )  # fmt: skip
@@ -499,6 +513,7 @@ def fused_lif_net(
     """
     if cur1.device.type != "cpu" or cur1.dtype != torch.float32:
         raise ValueError("fused_lif_net runs on float32 CPU tensors only")
+    surrogate_code(surrogate)  # before any work: the backward pass needs its branch
     return _FusedLIFNet.apply(
         cur1, fc2_weight, fc2_bias, num_steps, alpha, beta, threshold, surrogate, slope, activity
     )
