@@ -9,9 +9,10 @@ tutorial's, or Synaptic). The input is the image (B, 784), the same current at e
   correctness and speed.
 - `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
   one matrix product (spikes); then, on the CPU, one kernel for the rest
-  (`kernels.fused_lif_net`: both layers and fc2, a sample at a time in cache, closed-form
-  backward); otherwise the hidden layer as one scan, fc2 as one matrix product over all
-  steps, the output layer as a second scan (the model's scan in `neurons`, on any device).
+  (`kernels.lif_scan.fused_lif_net`: both layers and fc2, a sample at a time in cache,
+  closed-form backward); otherwise the hidden layer as one scan, fc2 as one matrix product
+  over all steps, the output layer as a second scan (the model's scan in `scans`, on any
+  device).
 Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights
 (the fused backend keeps fc1's weight transposed, `TransposedLinear`).
 In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
@@ -115,7 +116,7 @@ class TransposedLinear(nn.Module):
 
 
 class FusedNet(nn.Module):
-    """`kernel`: "numba" (the CPU kernel of `kernels`), "torch"
+    """`kernel`: "numba" (the CPU kernel of `kernels.lif_scan`), "torch"
     (the neuron model's scan, tensor ops, any device), or "auto" (numba where it supports
     the neuron model and the input, for float32 on the CPU; else torch)."""
 
