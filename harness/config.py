@@ -43,6 +43,13 @@ MAX_HIDDEN = 100_000  # 1e5 hidden neurons are already ~300 MiB of weights and g
 # second.
 
 
+def _in_table(value: str, table: dict[str, Any], what: str) -> str:
+    """`value` if it names an entry of `table`; else the error that lists the table's names."""
+    if value not in table:
+        raise ValueError(f"unknown {what} (allowed: {', '.join(table)})")
+    return value
+
+
 def _is_numeric(annotation: Any) -> bool:
     """int, float, or an optional one (`int | None`), as the schema declares the field."""
     if get_origin(annotation) in (Union, types.UnionType):
@@ -144,10 +151,7 @@ class RunConfig(BaseModel):
     @field_validator("dataset", "neuron", "surrogate", "encoding", "decoding", "backend")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
-        table, what = _NAMED[info.field_name]
-        if value not in table:
-            raise ValueError(f"unknown {what} (allowed: {', '.join(table)})")
-        return value
+        return _in_table(value, *_NAMED[info.field_name])
 
     @field_validator("device")
     @classmethod
@@ -320,8 +324,8 @@ class Choices(BaseModel):
 
 
 class Objective(BaseModel):
-    """A metric to optimise (a name of harness.training.metrics' table that may be an objective) and
-    which way."""
+    """A metric to optimise (a name of harness.training.metrics' table that may be an
+    objective) and which way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     metric: str = "test_accuracy"
@@ -347,9 +351,7 @@ class Pruner(BaseModel):
     @field_validator("type")
     @classmethod
     def _known_pruner(cls, value: str) -> str:
-        if value not in PRUNERS:
-            raise ValueError(f"unknown pruner (allowed: {', '.join(PRUNERS)})")
-        return value
+        return _in_table(value, PRUNERS, "pruner")
 
 
 class AdaptiveSeeds(BaseModel):
@@ -390,9 +392,7 @@ class StudyConfig(BaseModel):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler (allowed: {', '.join(SAMPLERS)})")
-        return value
+        return _in_table(value, SAMPLERS, "sampler")
 
     @model_validator(mode="before")
     @classmethod
