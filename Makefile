@@ -55,8 +55,9 @@ dashboard:
 bench:
 	$(BIN)/python -m harness bench $(ARGS)
 
+# Two tests at a time (pytest-xdist; the processes they start run on one thread each).
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # The inner loop: everything but real MNIST, processes, PostgreSQL and Chromium.
 test-fast:

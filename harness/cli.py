@@ -554,3 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {reason}", file=sys.stderr)
         return 1
+    finally:
+        from harness.stores.sqlite import close_connections
+
+        close_connections()

@@ -8,7 +8,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from harness.config import make_run_config
 from harness.network import readout
 from harness.network.model import FusedNet, build_model
 from harness.stores.opening import open_stores
+from tests.launcher import CliProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,11 +43,18 @@ def write_study(folder: Path, name: str, **fields) -> Path:
     return path
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
+def run_cli(
+    *args: str, timeout: int = 300, env: dict[str, str] | None = None, patch: str = ""
+) -> subprocess.CompletedProcess:
+    """`harness ARGS` in a process of its own (see tests/launcher.py), to its end."""
+    process = CliProcess(list(args), ROOT, env=env, patch=patch)
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+        raise subprocess.TimeoutExpired(["harness", *args], timeout) from None
+    return subprocess.CompletedProcess(["harness", *args], code, process.stdout, process.stderr)
 
 
 def stores_of(out: Path):
@@ -80,12 +87,12 @@ def wait_for_json(url: str, seconds: float = 90) -> dict:
             time.sleep(0.5)
 
 
-def start_study(path: Path, out: Path, mnist_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
-         "--data-dir", str(mnist_dir)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+def start_study(
+    path: Path, out: Path, mnist_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> CliProcess:
+    """`harness study PATH` started in a process of its own, not waited for."""
+    args = ["study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir), *flags]
+    return CliProcess(args, ROOT, env=env)
 
 
 def wait_for_running_run(out: Path, name: str, seconds: float = 120) -> str:

@@ -2,8 +2,6 @@
 (workers, kill and resume), with every seed trained and counted once."""
 
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -17,7 +15,7 @@ from harness.errors import ConfigError
 from harness.study.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
 from harness.study.settled import EXTENDS, ROUND_SEED, round_plan
 from harness.study.tags import STOPPED_TAG
-from tests.helpers import ROOT, run_cli, seed_runs, stores_of, write_study
+from tests.helpers import run_cli, seed_runs, start_study, stores_of, write_study
 
 RULE = AdaptiveSeeds(min=3, max=6, resolution=0.001)
 
@@ -209,15 +207,11 @@ def test_the_report_shows_the_seeds_and_why_they_stopped(raced, tmp_path):
 def test_a_killed_adaptive_study_resumes_its_rounds(tmp_path, mnist_dir):
     path = write_study(tmp_path, "raced", space=SPACE, seeds=SEEDS)
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
-         "--data-dir", str(mnist_dir)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    process = start_study(path, out, mnist_dir)
     deadline = time.monotonic() + 300
-    for line in process.stdout:  # kill -9 once the first seed round is under way
-        if "(seed round)" in line or time.monotonic() > deadline:
-            break
+    while "(seed round)" not in process.stdout and process.poll() is None:
+        assert time.monotonic() < deadline, process.stdout  # kill -9 once a round is under way
+        time.sleep(0.05)
     time.sleep(0.3)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)

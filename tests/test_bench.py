@@ -1,7 +1,6 @@
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 
 import pytest
@@ -11,16 +10,17 @@ from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
 from harness.training.loop import resolve_device
+from tests.helpers import run_cli
 
 
 @pytest.mark.mnist
 @pytest.mark.processes
 def test_bench_cli_reports_both_backends_side_by_side(mnist_dir):
     command = [
-        sys.executable, "-m", "harness", "bench", "--quick", "--iterations", "3",
+        "bench", "--quick", "--iterations", "3",
         "--warmup", "1", "--device", "cpu", "--data-dir", str(mnist_dir), "--json",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "ratio (tutorial-5 settings, rate)" in done.stdout
@@ -48,10 +48,7 @@ def test_steps_take_turns_in_rounds_on_the_same_batches():
 
 @pytest.mark.processes
 def test_bench_rejects_a_round_below_one_with_exit_2():
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", "bench", "--device", "cpu", "--round", "0"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_cli("bench", "--device", "cpu", "--round", "0", timeout=60)
     assert done.returncode == 2 and done.stdout == ""
     assert (
         done.stderr.strip()
@@ -71,10 +68,7 @@ def test_fused_step_needs_less_memory_than_the_reference():
 
 @pytest.mark.processes
 def test_bench_rejects_a_bad_device_with_exit_2():
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", "bench", "--device", "gpu"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    done = run_cli("bench", "--device", "gpu", timeout=60)
     assert done.returncode == 2 and "'device'" in done.stderr and done.stdout == ""
 
 
@@ -85,10 +79,10 @@ PEERS_INSTALLED = all(importlib.util.find_spec(name) for name in ("spikingjelly"
 @pytest.mark.processes
 def test_bench_peers_rows_share_weights_batches_and_initial_loss(mnist_dir):
     command = [
-        sys.executable, "-m", "harness", "bench", "--peers", "--quick", "--iterations", "2",
+        "bench", "--peers", "--quick", "--iterations", "2",
         "--warmup", "1", "--device", "cpu", "--data-dir", str(mnist_dir), "--json",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = run_cli(*command)
     if not PEERS_INSTALLED:
         assert done.returncode == 2 and done.stdout == ""
         assert "pip install '.[peers]'" in done.stderr and len(done.stderr.splitlines()) == 1
@@ -133,10 +127,10 @@ def test_bench_compile_needs_peers(capsys):
 @pytest.mark.processes
 def test_bench_profile_names_where_the_fused_iteration_spends_its_time(mnist_dir):
     command = [
-        sys.executable, "-m", "harness", "bench", "--profile", "--iterations", "2",
+        "bench", "--profile", "--iterations", "2",
         "--warmup", "1", "--device", "cpu", "--data-dir", str(mnist_dir), "--json",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = run_cli(*command)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     times = {row["name"]: row["ms_per_iteration"] for row in report["operations"]}

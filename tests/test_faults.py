@@ -4,7 +4,6 @@ left RUNNING. Faults are injected by running the CLI in a child process with one
 patched to kill the process (os._exit) at the moment named."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -33,18 +32,11 @@ from tests.helpers import (
     write_study,
 )
 
-PATCHED_MAIN = """
-import os, sys
-import optuna
-import harness.study.tracking
-from harness.cli import main
-{patch}
-sys.exit(main(sys.argv[1:]))
-"""
-
+# Each patch runs in the CLI's process before `main` (see tests/launcher.py).
 KILL_POINTS = {
     # a run exists in MLflow, its trial does not know it yet
     "run_not_linked": """
+import os, optuna
 _set = optuna.trial.Trial.set_user_attr
 def set_user_attr(self, key, value):
     if key == "mlflow_run_ids":
@@ -54,6 +46,7 @@ optuna.trial.Trial.set_user_attr = set_user_attr
 """,
     # the first seed's run is FINISHED in MLflow, its trial has not recorded it
     "seed_finished_unrecorded": """
+import os, harness.study.tracking
 _finish = harness.study.tracking.RunLogger.finish
 def finish(self, result):
     _finish(self, result)
@@ -62,6 +55,7 @@ harness.study.tracking.RunLogger.finish = finish
 """,
     # between seeds: the first seed finished and recorded
     "between_seeds": """
+import os, optuna
 _set = optuna.trial.Trial.set_user_attr
 def set_user_attr(self, key, value):
     _set(self, key, value)
@@ -71,6 +65,7 @@ optuna.trial.Trial.set_user_attr = set_user_attr
 """,
     # every seed finished, the trial not told
     "before_tell": """
+import os, optuna
 _tell = optuna.Study.tell
 def tell(self, trial, values=None, state=None, **kwargs):
     if values is not None:
@@ -79,13 +74,6 @@ def tell(self, trial, values=None, state=None, **kwargs):
 optuna.Study.tell = tell
 """,
 }
-
-
-def run_patched(patch: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", PATCHED_MAIN.format(patch=patch), *args],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 def study_args(path: Path, out: Path, mnist_dir: Path) -> list[str]:
@@ -134,7 +122,7 @@ def assert_consistent(out: Path, path: Path, seeds: int) -> None:
 def test_a_kill_at_any_point_then_a_rerun_counts_each_seed_once(tmp_path, mnist_dir, point):
     path = write_study(tmp_path, "k", space={"beta": [0.9]}, seeds=[0, 1])
     out = tmp_path / "out"
-    killed = run_patched(KILL_POINTS[point], *study_args(path, out, mnist_dir))
+    killed = run_cli(*study_args(path, out, mnist_dir), patch=KILL_POINTS[point])
     assert killed.returncode == 9, killed.stderr
     resumed = run_cli(*study_args(path, out, mnist_dir))
     assert resumed.returncode == 0, resumed.stderr
@@ -252,7 +240,10 @@ def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
 def test_a_signal_at_any_moment_of_start_up_is_honoured(tmp_path, mnist_dir, delay):
     path = write_study(tmp_path, "early", space={"beta": [0.9]})
     out = tmp_path / "out"
-    process = start_study(path, out, mnist_dir)
+    process = subprocess.Popen(  # a fresh interpreter: the signal may land in its imports
+        [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir)], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -270,20 +261,14 @@ def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_
     path = write_study(tmp_path, "pause", base=SLOW, space={"beta": [0.8]})
     out = tmp_path / "out"
     fast = {"HARNESS_STALE_SECONDS": "3", "HARNESS_HEARTBEAT_SECONDS": "0.5"}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **fast, "HARNESS_WORKER_HOST": "laptop"},
-    )  # fmt: skip
+    first = start_study(path, out, mnist_dir, env={**fast, "HARNESS_WORKER_HOST": "laptop"})
     paused_run = wait_for_running_run(out, "pause")
     first.send_signal(signal.SIGSTOP)
     try:
         time.sleep(5)  # longer than the stale limit: the other host takes it for dead
-        second = subprocess.run(
-            [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir)], cwd=ROOT,
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, **fast, "HARNESS_WORKER_HOST": "server"},
-        )  # fmt: skip
+        second = run_cli(
+            *study_args(path, out, mnist_dir), env={**fast, "HARNESS_WORKER_HOST": "server"}
+        )
         assert second.returncode == 0, second.stderr
         assert "had lost their worker" in second.stdout
     finally:
@@ -301,19 +286,15 @@ def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_
 def test_a_paused_worker_on_this_host_is_not_declared_dead(tmp_path, mnist_dir):
     path = write_study(tmp_path, "nap", base=SLOW, space={"beta": [0.8, 0.9]})
     out = tmp_path / "out"
-    fast = {**os.environ, "HARNESS_STALE_SECONDS": "2", "HARNESS_HEARTBEAT_SECONDS": "0.5"}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir)], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=fast,
-    )  # fmt: skip
+    fast = {"HARNESS_STALE_SECONDS": "2", "HARNESS_HEARTBEAT_SECONDS": "0.5"}
+    first = start_study(path, out, mnist_dir, env=fast)
     wait_for_running_run(out, "nap")
     first.send_signal(signal.SIGSTOP)
     try:
         time.sleep(3)
-        second = subprocess.run(
-            [sys.executable, "-m", "harness", *study_args(path, out, mnist_dir), "--max-trials",
-             "1", "--no-summary"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=fast,
-        )  # fmt: skip
+        second = run_cli(
+            *study_args(path, out, mnist_dir), "--max-trials", "1", "--no-summary", env=fast
+        )
         assert second.returncode == 0, second.stderr
         assert "lost their worker" not in second.stdout
     finally:
@@ -350,14 +331,14 @@ def test_a_report_killed_while_writing_keeps_the_previous_one(tmp_path, mnist_di
     page = build_report(config, stores, reports / "rep")
     before = page.read_text()
     patch = """
-import harness.report.render
+import os, harness.report.render
 def _pdf(*args, **kwargs):
     os._exit(9)
 harness.report.render._pdf = _pdf
 """
-    killed = run_patched(
-        patch, "report", str(path), "--output-dir", str(tmp_path / "out"),
-        "--reports-dir", str(reports),
+    killed = run_cli(
+        "report", str(path), "--output-dir", str(tmp_path / "out"), "--reports-dir",
+        str(reports), patch=patch,
     )  # fmt: skip
     assert killed.returncode == 9, killed.stderr
     assert page.read_text() == before and (page.parent / "report.pdf").stat().st_size > 0

@@ -404,14 +404,12 @@ def test_a_worker_waits_for_a_held_set_up_lock_says_for_whom_and_gives_up(tmp_pa
     path = write_study(tmp_path, "locked", space={"beta": [0.9]})
     out = tmp_path / "out"
     stores = open_stores(out)
-    env = {**os.environ, "HARNESS_LOCK_TIMEOUT": "2"}
     with stores.setup_lock():  # a stopped or slow worker holds it
         assert (out / ".setup.lock").read_text().split()[0] == str(os.getpid())
         start = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-m", "harness", "study", str(path), "--output-dir", str(out),
-             "--data-dir", str(mnist_dir)],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+        done = run_cli(
+            "study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir),
+            timeout=120, env={"HARNESS_LOCK_TIMEOUT": "2"},
         )  # fmt: skip
         seconds = time.monotonic() - start
     assert done.returncode == 1, done.stderr
@@ -525,3 +523,25 @@ def test_a_new_tracking_database_is_a_copy_of_the_cached_empty_one(tmp_path, mon
     with stores.setup_lock():
         stores.create_tracking_tables()
     assert not list(cache.glob("*"))  # off: nothing cached
+
+
+def test_a_lost_databases_log_is_not_replayed_into_a_new_one(tmp_path, capsys):
+    """mlflow.db deleted while its -wal stays (a process still had it open, or a copy took the
+    log without the database): the new database must not take the lost one's pages."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    stores = open_stores(first)
+    stores.create_tracking_tables()
+    with closing(sqlite3.connect(first / "mlflow.db")) as holder:
+        holder.execute("SELECT count(*) FROM experiments").fetchall()  # no checkpoint at close
+        MlflowClient(stores.tracking_uri).create_experiment("lost")
+        second.mkdir()
+        for suffix in ("-wal", "-shm"):
+            shutil.copyfile(first / f"mlflow.db{suffix}", second / f"mlflow.db{suffix}")
+    assert (second / "mlflow.db-wal").stat().st_size > 0
+    fresh = open_stores(second)
+    fresh.create_tracking_tables()
+    assert MlflowClient(fresh.tracking_uri).get_experiment_by_name("lost") is None
+    kept = sorted(p.name.split(".orphaned-")[0] for p in second.glob("mlflow.db-*.orphaned-*"))
+    assert kept == ["mlflow.db-shm", "mlflow.db-wal"]
+    notes = [n for n in capsys.readouterr().err.splitlines() if n.startswith("note:")]
+    assert len(notes) == 2 and all("belonged to a database that is gone" in n for n in notes)

@@ -36,6 +36,7 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
     done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("trial ") >= 2 and "test accuracy" in done.stdout
+    assert sorted(p.name for p in out.glob("mlflow.db*")) == ["mlflow.db"]  # log checkpointed
 
     stores, client = stores_of(out)
     study = optuna.load_study(study_name="grid", storage=stores.storage)

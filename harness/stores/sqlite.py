@@ -12,6 +12,7 @@ import shlex
 import shutil
 import socket
 import sqlite3
+import sys
 import time
 import uuid
 from contextlib import closing
@@ -110,6 +111,18 @@ def _build_tables(path: Path, root: str) -> None:
             engine.dispose()
 
 
+def close_connections() -> None:
+    """Close the connections MLflow pools to its SQL databases (one engine per URI for the
+    life of the process). The last connection to an SQLite database to close checkpoints its
+    log into the file, so a command leaves whole files behind (no -wal) even when it runs
+    inside a longer-lived Python process; later calls open new connections."""
+    store = sys.modules.get("mlflow.store.tracking.sqlalchemy_store")
+    if store is None:  # MLflow's SQL store never used: nothing to close
+        return
+    for engine in list(getattr(store.SqlAlchemyStore, "_engine_map", {}).values()):
+        engine.dispose()
+
+
 def _template_path() -> Path | None:
     """Where this MLflow version's empty tracking database is cached ($HARNESS_CACHE_DIR, else
     ~/.cache/harness; "off" builds every database afresh)."""
@@ -157,6 +170,7 @@ def _publish(aside: Path, path: Path) -> None:
     if path.exists():  # an empty file (a set-up killed by an older version): nothing in it
         os.replace(aside, path)
         return
+    _set_aside_orphans(path)
     try:
         os.link(aside, path)  # atomic, and never over a database another worker just made
     except FileExistsError:
@@ -165,6 +179,23 @@ def _publish(aside: Path, path: Path) -> None:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         os.replace(aside, path)  # a file system without hard links
+
+
+def _set_aside_orphans(path: Path) -> None:
+    """Rename the companions (-wal, -shm, -journal) of a database that is gone (deleted, or
+    lost with its disk): SQLite would replay that log into the new database at `path`,
+    putting the lost database's pages, its runs among them, into the new one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in SIDE_FILES:
+        orphan = Path(str(path) + suffix)
+        if orphan.exists():
+            kept = orphan.with_name(f"{orphan.name}.orphaned-{stamp}")
+            os.replace(orphan, kept)
+            print(
+                f"note: {orphan} belonged to a database that is gone: kept as {kept.name}, "
+                "not replayed into the new one",
+                file=sys.stderr,
+            )
 
 
 def _fsync_folder(folder: Path) -> None:
