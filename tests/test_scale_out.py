@@ -290,9 +290,10 @@ def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
 @pytest.mark.mnist
 @pytest.mark.processes
 def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_path, mnist_dir):
-    # long enough a run to pause the first worker in training, not in a store's write
-    path = write_study(tmp_path, "share", space={"beta": [0.7, 0.8, 0.9]},
-                       base={"train_subset": 6400})  # fmt: skip
+    # runs of seconds, so that the pause lands in training, not in a store's write (a worker
+    # paused holding the journal's lock for Optuna's 30 s grace period has it broken)
+    path = write_study(tmp_path, "share", space={"beta": [0.7, 0.8]},
+                       base={"train_subset": 19200, "hidden": 300, "num_steps": 25})  # fmt: skip
     out = tmp_path / "out"
     args = study_args(path, mnist_dir, "--output-dir", str(out))
     first = Worker(args, tmp_path)
