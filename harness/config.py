@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -27,12 +27,14 @@ from pydantic import (
 from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.network import neurons
+from harness.network.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, FUSED_ONLY
 from harness.network.backends import BACKENDS, DEFAULT_BACKEND
 from harness.network.decodings import DECODINGS, DEFAULT_DECODING
 from harness.network.encodings import DEFAULT_ENCODING, ENCODINGS
 from harness.network.neurons import DEFAULT_NEURON, EXCLUSIVE_PARAMS, NEURONS
 from harness.network.surrogates import DEFAULT_SURROGATE, SURROGATES
 from harness.study.samplers import PRUNERS, SAMPLERS
+from harness.training.energy import DEFAULT_ENERGY_MODEL, ENERGY_MODELS
 from harness.training.metrics import OBJECTIVE_METRICS
 
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, NumPy) accepts
@@ -51,7 +53,10 @@ def _in_table(value: str, table: dict[str, Any], what: str) -> str:
 
 
 def _is_numeric(annotation: Any) -> bool:
-    """int, float, or an optional one (`int | None`), as the schema declares the field."""
+    """int, float, an optional one (`int | None`) or a list of them, as the schema declares
+    the field (constraints aside)."""
+    if get_origin(annotation) in (Annotated, list):
+        return _is_numeric(get_args(annotation)[0])
     if get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return bool(members) and all(_is_numeric(a) for a in members)
@@ -65,7 +70,13 @@ class RunConfig(BaseModel):
 
     beta: float = Field(0.95, gt=0.0, le=1.0, description="membrane decay per step, in (0, 1]")
     num_steps: int = Field(25, ge=1, le=10_000, description="time steps per sample")
-    hidden: int = Field(1000, ge=1, le=MAX_HIDDEN, description="hidden LIF neurons")
+    architecture: str = Field(
+        DEFAULT_ARCHITECTURE, description="the network (harness/network/architectures.py)"
+    )
+    hidden: int | list[int] = Field(
+        1000,
+        description="mlp's hidden widths: 1000 (or [1000]) is tutorial 5, [500, 250] two layers",
+    )
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
     neuron: str = Field(
         DEFAULT_NEURON, description="neuron model of both layers (harness/network/neurons.py)"
@@ -100,6 +111,10 @@ class RunConfig(BaseModel):
     train_subset: int | None = Field(None, ge=1, description="train on this many images")
     test_subset: int | None = Field(None, ge=1, description="test on this many images")
     subset_sampling: Literal["first", "stratified"] = "first"
+    energy_model: str = Field(
+        DEFAULT_ENERGY_MODEL,
+        description="energy per operation behind energy_estimate_pj (harness/training/energy.py)",
+    )
     save_model: bool = Field(
         False,
         description="keep the trained weights: a study's runs log model.pt to MLflow; "
@@ -110,7 +125,9 @@ class RunConfig(BaseModel):
     @classmethod
     def _no_bools_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic's lax mode reads true as 1: `hidden: [true]` would train 1 neuron.
-        if isinstance(value, bool) and _is_numeric(cls.model_fields[info.field_name].annotation):
+        flags = value if isinstance(value, list) else [value]
+        numeric = _is_numeric(cls.model_fields[info.field_name].annotation)
+        if numeric and any(isinstance(flag, bool) for flag in flags):
             raise ValueError("must be a number, not true/false")
         return value
 
@@ -128,6 +145,33 @@ class RunConfig(BaseModel):
                 f"batch_size {self.batch_size} is larger than {what} (allowed: 1..{images})"
             )
         return self
+
+    @field_validator("hidden")
+    @classmethod
+    def _one_width_is_an_int(cls, value: int | list[int]) -> int | list[int]:
+        # [1000] is 1000: one hidden layer is logged and compared as tutorial 5's setting
+        widths = value if isinstance(value, list) else [value]
+        if not widths or not all(1 <= width <= MAX_HIDDEN for width in widths):
+            raise ValueError(
+                f"hidden widths are 1..{MAX_HIDDEN}, one (1000) or a list ([500, 250])"
+            )
+        return widths[0] if len(widths) == 1 else widths
+
+    @model_validator(mode="after")
+    def _fused_runs_tutorial_5s_shape(self) -> RunConfig:
+        if self.backend == "fused" and (self.architecture != "mlp" or len(self.hidden_layers) != 1):
+            shape = (
+                f"architecture {self.architecture}"
+                if self.architecture != "mlp"
+                else f"hidden {list(self.hidden_layers)}"
+            )
+            raise ValueError(f"backend fused does not run {shape}: it runs {FUSED_ONLY}")
+        return self
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """The hidden widths of an mlp, a tuple however `hidden` was written."""
+        return tuple(self.hidden) if isinstance(self.hidden, list) else (self.hidden,)
 
     @model_validator(mode="before")
     @classmethod
@@ -148,7 +192,10 @@ class RunConfig(BaseModel):
             raise ValueError(complaint)
         return self
 
-    @field_validator("dataset", "neuron", "surrogate", "encoding", "decoding", "backend")
+    @field_validator(
+        "dataset", "neuron", "surrogate", "encoding", "decoding", "backend", "energy_model",
+        "architecture",
+    )  # fmt: skip
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
         return _in_table(value, *_NAMED[info.field_name])
@@ -182,6 +229,8 @@ _NAMED: dict[str, tuple[dict[str, Any], str]] = {
     "surrogate": (SURROGATES, "surrogate"),
     "encoding": (ENCODINGS, "encoding"),
     "decoding": (DECODINGS, "decoding"),
+    "energy_model": (ENERGY_MODELS, "energy model"),
+    "architecture": (ARCHITECTURES, "architecture"),
     "backend": (BACKENDS, "backend"),
 }
 

@@ -216,7 +216,7 @@ def test_study_files_are_refused_before_the_stores(stem, body, fragment, tmp_pat
     [
         ("seed=18446744073709551615", "less than or equal to 4294967295"),
         ("seed=4294967296", "'seed'"),
-        ("hidden=1000000000", "less than or equal to 100000"),
+        ("hidden=1000000000", "hidden widths are 1..100000"),
         ("hidden=true", "not true/false"),
         ("lr=false", "not true/false"),
         ("train_subset=true", "not true/false"),
@@ -330,6 +330,14 @@ def test_unusable_store_urls_are_refused_before_the_stores(
         (["neuron=izhikevich"], "unknown neuron (allowed: leaky, synaptic) (got 'izhikevich')"),
         (["encoding=phase"], "unknown encoding (allowed: direct, rate, latency) (got 'phase')"),
         (["surrogate=relu"], "unknown surrogate (allowed: atan, fast_sigmoid) (got 'relu')"),
+        (["architecture=cnn"], "unknown architecture (allowed: mlp, csnn) (got 'cnn')"),
+        (["architecture=csnn"], "backend fused does not run architecture csnn: it runs "
+         "architecture mlp with one hidden layer (tutorial 5's shape); use backend reference"),
+        (["hidden=[500, 250]"], "backend fused does not run hidden [500, 250]: it runs "
+         "architecture mlp with one hidden layer"),
+        (["hidden=[0]"], "hidden widths are 1..100000, one (1000) or a list ([500, 250])"),
+        (["energy_model=truenorth"], "unknown energy model (allowed: horowitz45_fp32, "
+         "horowitz45_fp16, horowitz45_int32, horowitz45_int8) (got 'truenorth')"),
         (["alpha=0.5"], "'alpha' is a parameter of neuron synaptic, not of neuron leaky "
          "(its parameters: beta, threshold)"),
         (["neuron=synaptic", "alpha=1.5"], "'alpha': Input should be less than or equal to 1"),

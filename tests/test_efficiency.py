@@ -8,8 +8,9 @@ from torch import nn
 from harness.config import make_run_config
 from harness.data.loading import Split, load, read_split
 from harness.network import neurons
-from harness.network.model import Activity, FusedNet, NetOutput, build_model, layer_activity
+from harness.network.model import FusedNet, LayerActivity, NetOutput, build_model, layer_activity
 from harness.training import efficiency
+from harness.training.energy import ENERGY_MODELS
 from harness.training.loop import encoder, evaluate, train
 from harness.training.metrics import EFFICIENCY_METRICS, METRICS
 
@@ -23,6 +24,10 @@ class Tiny(nn.Module):
         with torch.no_grad():
             self.fc1.weight.copy_(torch.tensor([[1.0, 0, 2, 0], [3, 0, 0, 0], [4, 5, 0, 0]]))
             self.fc2.weight.copy_(torch.tensor([[1.0, 0, 2], [0, 0, 3]]))
+        self.input_shape, self.neuron_shapes = (4,), [(3,), (2,)]
+
+    def synapses(self) -> list[nn.Module]:
+        return [self.fc1, self.fc2]
 
 
 def test_synaptic_operations_count_nonzero_inputs_times_nonzero_weights():
@@ -89,8 +94,11 @@ def test_workload_per_sample_on_hand_made_activity():
     out_membranes = torch.tensor([[[0.1, 0.2], [0.0, 0.0]], [[0.1, 1.2], [0.3, 0.0]]])
     hidden_counts = torch.tensor([1, 1, 2])  # spikes into fc2: 1 * 1 + 1 * 0 + 2 * 2 = 5 ACs
     output_counts, output_updates = layer_activity(out_spikes, out_membranes)  # 1 and 2
-    activity = Activity(hidden_counts, torch.tensor(3), output_counts.sum(), output_updates)
-    workload.add(images, NetOutput(out_spikes, out_membranes, hidden_counts.sum(), activity))
+    layers = (
+        LayerActivity(hidden_counts, torch.tensor(3)),
+        LayerActivity(output_counts, output_updates),
+    )
+    workload.add(images, NetOutput(out_spikes, out_membranes, hidden_counts.sum(), layers))
     metrics = workload.metrics()
     workload_names = [n for n in EFFICIENCY_METRICS if METRICS[n].efficiency == "workload"]
     assert set(workload_names) <= set(metrics)  # the table names what the workload computes
@@ -101,6 +109,31 @@ def test_workload_per_sample_on_hand_made_activity():
     assert metrics["activation_sparsity"] == 1 - 5 / 20
     # every neuron at the first step, then 3 hidden and 2 output membrane changes in 2 samples
     assert metrics["membrane_updates"] == 5 + (3 + 2) / 2
+    # 45 nm CMOS, 32-bit float: a MAC is a multiply (3.7 pJ) and an add (0.9 pJ), an AC an add
+    assert metrics["energy_estimate_pj"] == pytest.approx(2 * (3.7 + 0.9) + 4.5 * 0.9)
+
+
+def test_the_energy_estimate_follows_the_chosen_energy_model():
+    model = Tiny()
+    images = torch.tensor([[0.5, 0.0, 0.25, 0.0]])  # fc1 fan-outs 3, 1, 1, 0: 4 MACs
+    quiet = torch.zeros(2, 1, 2)
+    layers = (LayerActivity(torch.tensor([0, 0, 2]), torch.tensor(0)),) + (
+        LayerActivity(torch.tensor(0), torch.tensor(0)),
+    )
+    out = NetOutput(quiet, quiet, torch.tensor(2), layers)  # 2 spikes into fc2: 4 ACs
+    expected = {  # Horowitz, ISSCC 2014: (multiply, add) in pJ
+        "horowitz45_fp32": 4 * (3.7 + 0.9) + 4 * 0.9,
+        "horowitz45_fp16": 4 * (1.1 + 0.4) + 4 * 0.4,
+        "horowitz45_int32": 4 * (3.1 + 0.1) + 4 * 0.1,
+        "horowitz45_int8": 4 * (0.2 + 0.03) + 4 * 0.03,
+    }
+    assert set(expected) == set(ENERGY_MODELS)
+    for name, pj in expected.items():
+        workload = efficiency.Workload(model, num_steps=2, energy_model=name)
+        workload.add(images, out)
+        metrics = workload.metrics()
+        assert (metrics["synops_effective_macs"], metrics["synops_effective_acs"]) == (4, 4)
+        assert metrics["energy_estimate_pj"] == pytest.approx(pj), name
 
 
 def test_spike_input_costs_fc1_accumulates_at_every_step():
@@ -108,8 +141,9 @@ def test_spike_input_costs_fc1_accumulates_at_every_step():
     workload = efficiency.Workload(model, num_steps=2)
     spikes = torch.tensor([[[1.0, 1, 0, 0], [0, 0, 1, 1]], [[1.0, 0, 1, 0], [0, 0, 0, 0]]])
     quiet = torch.zeros(2, 2, 2)
-    activity = Activity(torch.tensor([1, 0, 0]), torch.tensor(0), torch.tensor(0), torch.tensor(0))
-    workload.add(spikes, NetOutput(quiet, quiet, torch.tensor(1), activity))
+    layers = (LayerActivity(torch.tensor([1, 0, 0]), torch.tensor(0)),
+              LayerActivity(torch.tensor(0), torch.tensor(0)))  # fmt: skip
+    workload.add(spikes, NetOutput(quiet, quiet, torch.tensor(1), layers))
     metrics = workload.metrics()
     assert metrics["synops_effective_macs"] == 0
     # fc1: (3 + 1) + (1 + 0) at step 0, (3 + 1) at step 1; fc2: one hidden spike, fan-out 1
@@ -382,3 +416,85 @@ def test_spikes_into_synaptic_neurons_count_as_neurobench_counts_them():
     fused_metrics = evaluate(fused, split, config)
     for name in EFFICIENCY_METRICS:
         assert fused_metrics[name] == ours[name], name
+
+
+# --- every architecture: the same metrics as NeuroBench's ------------------------------------
+
+
+def _neurobench_layers(model: nn.Module, config) -> nn.Module:
+    """Any ReferenceNet as NeuroBench's snnTorch wrapper wants it: its own synapses (the same
+    weights), pools, and single-step neurons holding their state (init_hidden)."""
+    import snntorch as snn
+
+    neuron = getattr(snn, neurons.spec(config.neuron).snntorch)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.synapses = nn.ModuleList(model.synapses())
+            count = len(model.synapses())
+            lif = dict(**config.neuron_parameters, init_hidden=True)
+            self.lifs = nn.ModuleList(neuron(**lif, output=i == count - 1) for i in range(count))
+
+        def forward(self, x):
+            x = x.reshape(x.shape[0], *model.input_shape)
+            for synapse, pool, lif in zip(self.synapses, model.pools, self.lifs, strict=True):
+                if isinstance(synapse, nn.Linear):
+                    x = x.flatten(1)
+                x = synapse(x)
+                x = lif(nn.functional.max_pool2d(x, pool) if pool else x)
+            return x[0], x[-1]
+
+    return Net()
+
+
+ARCHITECTURES_CHECKED = [
+    dict(architecture="mlp", hidden=[64, 32], num_steps=6),
+    dict(architecture="csnn", num_steps=6, beta=0.9, threshold=0.5),
+]
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("settings", ARCHITECTURES_CHECKED, ids=lambda s: s["architecture"])
+def test_every_architecture_trains_and_its_metrics_are_neurobench_s(mnist_64, settings):
+    pytest.importorskip("neurobench")
+    config = make_run_config(
+        {**settings, "backend": "reference", "batch_size": 64, "save_model": True}
+    )
+    trained = train(config, mnist_64)  # 4 iterations through every layer
+    assert trained.status == "finished"
+    torch.manual_seed(config.seed)
+    model = build_model(config)  # the initial weights; every synapse learned from them
+    learned = [s.weight.clone() for s in model.synapses()]
+    model.load_state_dict(trained.state_dict)
+    assert all(not torch.equal(a, s.weight) for a, s in zip(learned, model.synapses(), strict=True))
+    with torch.no_grad():  # pruned: fan-outs and connection sparsity matter
+        for synapse in model.synapses():
+            synapse.weight[synapse.weight.abs() < 0.01] = 0
+    split = mnist_64.test
+    ours = evaluate(model, split, config)
+    global _neurobench_net
+    saved, _neurobench_net = _neurobench_net, _neurobench_layers
+    try:
+        theirs = _neurobench(model, config, split, batch_size=len(split))
+    finally:
+        _neurobench_net = saved
+    steps = config.num_steps
+    same = dict(rel=1e-6)
+    for name in ("Effective_MACs", "Effective_ACs", "Dense", "MembraneUpdates", "Footprint"):
+        assert theirs[name] > 0, name
+    assert ours["rate_accuracy"] == pytest.approx(theirs["ClassificationAccuracy"], **same)
+    assert ours["activation_sparsity"] == pytest.approx(theirs["ActivationSparsity"], **same)
+    assert ours["synops_effective_acs"] == pytest.approx(theirs["Effective_ACs"], **same)
+    assert ours["membrane_updates"] == pytest.approx(theirs["MembraneUpdates"], **same)
+    assert ours["parameter_count"] == theirs["ParameterCount"]
+    assert round(ours["connection_sparsity"], 4) == theirs["ConnectionSparsity"]
+    assert ours["footprint_bytes"] == theirs["Footprint"]
+    # the first synapse once per sample here (a static image), at every step in NeuroBench
+    assert steps * ours["synops_effective_macs"] == pytest.approx(theirs["Effective_MACs"], **same)
+    first = model.synapses()[0]
+    once = efficiency.synapse_fan_out(first, model.input_shape, dense=True).sum()
+    assert theirs["Dense"] == pytest.approx(ours["synops_dense"] + (steps - 1) * float(once))
+    assert ours["energy_estimate_pj"] == pytest.approx(
+        4.6 * ours["synops_effective_macs"] + 0.9 * ours["synops_effective_acs"]
+    )

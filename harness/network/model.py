@@ -1,27 +1,33 @@
-"""The tutorial-5 network, Linear(784, H) -> neurons -> Linear(H, 10) -> neurons, in two backends.
+"""The networks, in two backends, behind one interface.
 
-Both layers use the run's neuron model (harness/network/neurons.py: snnTorch's Leaky, the
-tutorial's, or Synaptic). The input is the image (B, 784), the same current at every step
-(direct encoding), or spikes (T, B, 784) from harness.network.encodings.
+Every network takes a batch of inputs, images (B, 784) or spikes (T, B, 784), and returns a
+`NetOutput`: the output layer's spikes and membranes over the steps and, in eval mode, what
+each layer of neurons did (`LayerActivity`, for the efficiency metrics of
+`harness.training.efficiency`). It lists its synapses in order (`synapses()`), the shape of
+each layer of neurons (`neuron_shapes`) and of one input sample (`input_shape`); training,
+evaluation and the metrics read nothing else. Every layer uses the run's neuron model
+(harness/network/neurons.py: snnTorch's Leaky, the tutorial's, or Synaptic).
 
-- `reference`: snnTorch's neurons in a Python loop over steps, fc1 applied at every step
-  (to x[step] for spike input), exactly as the tutorial writes it. The yardstick for
+- `reference`: any architecture of harness/network/architectures.py (its blocks: `mlp_blocks`,
+  `csnn_blocks`) as snnTorch's tutorials write it: snnTorch's neurons in a Python loop over
+  steps, every synapse applied at every step (to x[step] for spike input). The yardstick for
   correctness and speed.
-- `fused`: the same mathematics restructured: fc1 once (a static image) or on all steps in
-  one matrix product (spikes); then, on the CPU, one kernel for the rest
-  (`kernels.lif_scan.fused_lif_net`: both layers and fc2, a sample at a time in cache,
-  closed-form backward); otherwise the hidden layer as one scan, fc2 as one matrix product
-  over all steps, the output layer as a second scan (the model's scan in `scans`, on any
-  device).
-Both build fc1 then fc2 with nn.Linear, so the same seed gives the same initial weights
-(the fused backend keeps fc1's weight transposed, `TransposedLinear`).
-In eval mode both count what their layers did (`NetOutput.activity`, for the efficiency
-metrics of `harness.training.efficiency`), the same counts on the same weights and inputs.
+- `fused`: tutorial 5's network, Linear(784, H) -> neurons -> Linear(H, 10) -> neurons, with
+  the same mathematics restructured: fc1 once (a static image) or on all steps in one matrix
+  product (spikes); then, on the CPU, one kernel for the rest (`kernels.lif_scan.fused_lif_net`:
+  both layers and fc2, a sample at a time in cache, closed-form backward); otherwise the hidden
+  layer as one scan, fc2 as one matrix product over all steps, the output layer as a second
+  scan (the model's scan in `scans`, on any device).
+Both build their synapses in order with nn.Linear, so the same seed gives tutorial 5's network
+the same initial weights in both (the fused backend keeps fc1's weight transposed,
+`TransposedLinear`), and both count the same activity on the same weights and inputs.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,6 +37,7 @@ from torch import nn
 
 from harness.config import RunConfig
 from harness.network import neurons
+from harness.network.architectures import ARCHITECTURES, FUSED_ONLY
 from harness.network.backends import BACKENDS
 from harness.network.kernels.lif_scan import fused_lif_net
 from harness.network.kernels.sparse_linear import sparse_linear
@@ -40,24 +47,23 @@ NUM_INPUTS = 28 * 28
 NUM_OUTPUTS = 10
 
 
-class Activity(NamedTuple):
-    """What the layers did over an evaluated batch, int64 (for `harness.training.efficiency`)."""
+class LayerActivity(NamedTuple):
+    """What one layer of neurons did over an evaluated batch, int64 (for
+    `harness.training.efficiency`)."""
 
-    hidden_neuron_spikes: torch.Tensor  # (H,) spikes of each hidden neuron over the steps
-    hidden_membrane_updates: torch.Tensor  # how many U1[t] != U1[t-1], t >= 1
-    output_spikes: torch.Tensor  # output spikes over the steps
-    output_membrane_updates: torch.Tensor  # how many U2[t] != U2[t-1], t >= 1
+    spikes: torch.Tensor  # each neuron's spikes over the steps (its shape), or the layer's total
+    membrane_updates: torch.Tensor  # how many U[t] != U[t-1], t >= 1
 
 
 class NetOutput(NamedTuple):
     spikes: torch.Tensor  # output layer, (T, B, 10)
     membranes: torch.Tensor  # output layer, (T, B, 10)
-    hidden_spikes: torch.Tensor | None  # total hidden spikes in the batch (eval mode only)
-    activity: Activity | None = None  # eval mode only
+    hidden_spikes: torch.Tensor | None  # total spikes of the hidden layers (eval mode only)
+    layers: tuple[LayerActivity, ...] | None = None  # each layer of neurons (eval mode only)
 
 
 def layer_activity(spikes: torch.Tensor, membranes: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """A layer's (T, B, N) spikes and membranes -> each neuron's spike count (N,) and its
+    """A layer's (T, B, *N) spikes and membranes -> each neuron's spike count (N) and its
     membrane updates after the first step (how many U[t] != U[t-1], t >= 1), over the batch,
     int64. Spikes are 0 or 1, so sums count them (exact in float32 over a batch; the faster
     reductions on the CPU: bool sums over leading dimensions are ~20x slower)."""
@@ -65,12 +71,12 @@ def layer_activity(spikes: torch.Tensor, membranes: torch.Tensor) -> tuple[torch
     return counts, torch.count_nonzero(membranes[1:] != membranes[:-1])
 
 
-def _eval_output(spikes, membranes, hidden_counts, hidden_updates) -> NetOutput:
-    """The eval-mode output: the hidden layer's counts, and the output layer's from its
+def _eval_output(spikes, membranes, hidden: list[LayerActivity]) -> NetOutput:
+    """The eval-mode output: the hidden layers' counts, and the output layer's from its
     spikes and membranes."""
-    output_counts, output_updates = layer_activity(spikes, membranes)
-    activity = Activity(hidden_counts, hidden_updates, output_counts.sum(), output_updates)
-    return NetOutput(spikes, membranes, hidden_counts.sum(), activity)
+    output = LayerActivity(*layer_activity(spikes, membranes))
+    total = sum(layer.spikes.sum() for layer in hidden)
+    return NetOutput(spikes, membranes, total, (*hidden, output))
 
 
 def _weight_as_linear(module, state_dict, prefix, local_metadata) -> None:
@@ -131,10 +137,14 @@ class FusedNet(nn.Module):
                 f"kernel {kernel!r} does not run neuron {config.neuron} (it runs: "
                 f"{', '.join(supported)}); use kernel 'torch' or 'auto'"
             )
+        if config.architecture != "mlp" or len(config.hidden_layers) != 1:
+            raise ValueError(f"the fused backend runs one hidden layer: {FUSED_ONLY}")
         self.kernel = kernel
         self.scan = self.neuron.scan_function()
-        self.fc1 = TransposedLinear(NUM_INPUTS, config.hidden)
-        self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
+        (hidden,) = config.hidden_layers
+        self.input_shape, self.neuron_shapes = (NUM_INPUTS,), [(hidden,), (NUM_OUTPUTS,)]
+        self.fc1 = TransposedLinear(NUM_INPUTS, hidden)
+        self.fc2 = nn.Linear(hidden, NUM_OUTPUTS)
         self.lif = dict(
             num_steps=config.num_steps,
             **config.neuron_parameters,
@@ -158,16 +168,57 @@ class FusedNet(nn.Module):
             )
             if self.training:
                 return NetOutput(spikes, membranes, None)
-            activity = Activity(counts, *tallies)
-            return NetOutput(spikes, membranes, counts.sum(), activity)
+            layers = (LayerActivity(counts, tallies[0]), LayerActivity(*tallies[1:]))
+            return NetOutput(spikes, membranes, counts.sum(), layers)
         spikes1, membranes1 = self.scan(cur1, **self.lif)
         spikes, membranes = self.scan(self.fc2(spikes1), **self.lif)
         if self.training:
             return NetOutput(spikes, membranes, None)
-        return _eval_output(spikes, membranes, *layer_activity(spikes1, membranes1))
+        hidden = LayerActivity(*layer_activity(spikes1, membranes1))
+        return _eval_output(spikes, membranes, [hidden])
+
+    def synapses(self) -> list[nn.Module]:
+        """Its synaptic layers in order (for the efficiency metrics)."""
+        return [self.fc1, self.fc2]
+
+
+class Block(NamedTuple):
+    """One layer of a network: a synapse (nn.Linear or nn.Conv2d, named as snnTorch's
+    tutorials name it), a max-pool after it (0: none), and its neurons' shape per sample."""
+
+    name: str
+    synapse: Callable[[], nn.Module]
+    pool: int
+    neurons: tuple[int, ...]
+
+
+def mlp_blocks(config: RunConfig) -> list[Block]:
+    """Linear -> neurons per hidden width, then Linear -> neurons for the classes."""
+    widths = [NUM_INPUTS, *config.hidden_layers, NUM_OUTPUTS]
+    return [
+        Block(f"fc{i + 1}", partial(nn.Linear, a, b), 0, (b,))
+        for i, (a, b) in enumerate(zip(widths, widths[1:], strict=False))
+    ]
+
+
+def csnn_blocks(config: RunConfig) -> list[Block]:
+    """snnTorch tutorial 6: 12C5-MP2-64C5-MP2-FC10 on 28x28 images."""
+    return [
+        Block("conv1", partial(nn.Conv2d, 1, 12, 5), 2, (12, 12, 12)),
+        Block("conv2", partial(nn.Conv2d, 12, 64, 5), 2, (64, 4, 4)),
+        Block("fc1", partial(nn.Linear, 64 * 4 * 4, NUM_OUTPUTS), 0, (NUM_OUTPUTS,)),
+    ]
+
+
+INPUT_SHAPES = {"mlp": (NUM_INPUTS,), "csnn": (1, 28, 28)}  # one sample, as the first synapse
 
 
 class ReferenceNet(nn.Module):
+    """Any architecture of harness/network/architectures.py as snnTorch's tutorials write it:
+    snnTorch's neurons, a Python loop over the steps, every synapse applied at every step (to
+    x[step] for spike input). Synapses are built in order from the torch seed, so tutorial 5's
+    network starts from the fused backend's weights."""
+
     def __init__(self, config: RunConfig):
         import snntorch as snn
 
@@ -177,39 +228,56 @@ class ReferenceNet(nn.Module):
         neuron = getattr(snn, self.neuron.snntorch)
         grad = snntorch_surrogate(config.surrogate, config.surrogate_slope)
         self.num_steps = config.num_steps
-        self.fc1 = nn.Linear(NUM_INPUTS, config.hidden)
-        self.lif1 = neuron(**config.neuron_parameters, spike_grad=grad)
-        self.fc2 = nn.Linear(config.hidden, NUM_OUTPUTS)
-        self.lif2 = neuron(**config.neuron_parameters, spike_grad=grad)
+        self.input_shape = INPUT_SHAPES[config.architecture]
+        blocks = globals()[ARCHITECTURES[config.architecture].layers](config)
+        self.names = [block.name for block in blocks]
+        self.pools = [block.pool for block in blocks]
+        self.neuron_shapes = [block.neurons for block in blocks]
+        for block in blocks:  # the synapses first, in order: the seed's draws as the fused's
+            setattr(self, block.name, block.synapse())
+        for i in range(len(blocks)):
+            setattr(self, f"lif{i + 1}", neuron(**config.neuron_parameters, spike_grad=grad))
 
-    def _initial_state(self, layer: nn.Module) -> tuple[torch.Tensor, ...]:
+    def synapses(self) -> list[nn.Module]:
+        """Its synaptic layers in order (for the efficiency metrics)."""
+        return [getattr(self, name) for name in self.names]
+
+    def _initial_state(self, layer: nn.Module) -> list[torch.Tensor]:
         """The layer's state variables from snnTorch's init method (the membrane last)."""
         state = getattr(layer, self.neuron.snntorch_init)()
-        return state if isinstance(state, tuple) else (state,)
+        return list(state) if isinstance(state, tuple) else [state]
 
     def forward(self, x: torch.Tensor) -> NetOutput:
-        state1, state2 = self._initial_state(self.lif1), self._initial_state(self.lif2)
-        spk2_rec, mem2_rec = [], []
+        layers = [getattr(self, f"lif{i + 1}") for i in range(len(self.names))]
+        states = [self._initial_state(layer) for layer in layers]
+        synapses = self.synapses()
+        spk_rec, mem_rec = [], []
         counts = updates = None
-        if not self.training:  # the hidden layer's activity, counted as it goes
-            counts = x.new_zeros(self.fc1.out_features, dtype=torch.int64)
-            updates = x.new_zeros((), dtype=torch.int64)
+        if not self.training:  # every layer's activity, counted as it goes
+            counts = [x.new_zeros(shape, dtype=torch.int64) for shape in self.neuron_shapes]
+            updates = [x.new_zeros((), dtype=torch.int64) for _ in layers]
         for step in range(self.num_steps):
-            cur1 = self.fc1(x[step] if x.dim() == 3 else x)
-            previous = state1[-1]
-            spk1, *state1 = self.lif1(cur1, *state1)
-            cur2 = self.fc2(spk1)
-            spk2, *state2 = self.lif2(cur2, *state2)
-            spk2_rec.append(spk2)
-            mem2_rec.append(state2[-1])
-            if counts is not None:  # (as `layer_activity`)
-                counts += spk1.sum(0).to(torch.int64)
-                if step:
-                    updates += torch.count_nonzero(state1[-1] != previous)
-        spikes, membranes = torch.stack(spk2_rec), torch.stack(mem2_rec)
+            current = x[step] if x.dim() == 3 else x
+            current = current.reshape(current.shape[0], *self.input_shape)
+            for i, (synapse, layer) in enumerate(zip(synapses, layers, strict=True)):
+                if isinstance(synapse, nn.Linear) and current.dim() > 2:
+                    current = current.flatten(1)
+                current = synapse(current)
+                if self.pools[i]:
+                    current = nn.functional.max_pool2d(current, self.pools[i])
+                previous = states[i][-1]
+                current, *states[i] = layer(current, *states[i])
+                if counts is not None:  # (as `layer_activity`)
+                    counts[i] += current.sum(0).to(torch.int64)
+                    if step:
+                        updates[i] += torch.count_nonzero(states[i][-1] != previous)
+            spk_rec.append(current)
+            mem_rec.append(states[-1][-1])
+        spikes, membranes = torch.stack(spk_rec), torch.stack(mem_rec)
         if counts is None:
             return NetOutput(spikes, membranes, None)
-        return _eval_output(spikes, membranes, counts, updates)
+        hidden = [LayerActivity(c, u) for c, u in zip(counts[:-1], updates[:-1], strict=True)]
+        return _eval_output(spikes, membranes, hidden)
 
 
 def build_model(config: RunConfig) -> nn.Module:

@@ -32,6 +32,10 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   fc1's output, which can differ with the batch size or the device.
   Synaptic neurons: the membrane's updates (NeuroBench follows `mem` only), not the
   synaptic current's.
+- `energy_estimate_pj` (not NeuroBench's): effective MACs x a MAC's energy + effective ACs x
+  an AC's, per sample, from the run's `energy_model` (harness/training/energy.py; default
+  45 nm CMOS, 32-bit float: 4.6 pJ a MAC, 0.9 pJ an AC). Arithmetic only: an estimate that
+  leaves out memory traffic.
 - static: `parameter_count` (weights and biases), `connection_sparsity` (zero weights /
   weights, biases excluded; NeuroBench rounds it to 4 decimals, the harness does not) and
   `footprint_bytes`: the parameters' bytes plus the neurons' state and constants as
@@ -53,15 +57,37 @@ from torch import nn
 from harness.network import neurons
 from harness.network.kernels.activity import input_operations
 from harness.network.model import NetOutput
+from harness.training.energy import DEFAULT_ENERGY_MODEL, energy_pj
 from harness.training.metrics import EFFICIENCY_METRICS, METRICS
-
-LIF_LAYERS = 2
 
 
 def fan_out(weight: torch.Tensor) -> torch.Tensor:
     """The operations one nonzero input entry costs a linear layer: the nonzero weights in its
     column of `weight` (out, in) -> (in,) int64."""
     return (weight != 0).sum(0)
+
+
+def synapse_fan_out(synapse: nn.Module, input_shape: tuple[int, ...], dense: bool = False):
+    """The operations each entry of one sample's input costs a synapse, flattened: a linear
+    layer's column counts; a convolution's, per input position, the nonzero weights of every
+    output position that reads it (fewer at the borders), as NeuroBench counts them. `dense`:
+    every weight counts, zero or not. int64."""
+    weight = torch.ones_like(synapse.weight) if dense else (synapse.weight != 0)
+    if isinstance(synapse, nn.Conv2d):
+        ones = torch.ones((1, *input_shape), device=weight.device)
+        outputs = nn.functional.conv2d(
+            ones,
+            weight.float(),
+            stride=synapse.stride,
+            padding=synapse.padding,
+            dilation=synapse.dilation,
+        )
+        reads = nn.functional.conv_transpose2d(
+            torch.ones_like(outputs), weight.float(), stride=synapse.stride,
+            padding=synapse.padding, dilation=synapse.dilation,
+        )  # fmt: skip
+        return reads.round().to(torch.int64).flatten()
+    return weight.sum(0).to(torch.int64)
 
 
 def exact_dtype(fan_out: torch.Tensor) -> torch.dtype:
@@ -116,66 +142,67 @@ class Workload:
     it; the weights' fan-outs are read once, when the evaluation starts.
     """
 
-    def __init__(self, model: nn.Module, num_steps: int):
-        fc1, fc2 = model.fc1, model.fc2
+    def __init__(self, model: nn.Module, num_steps: int, energy_model: str = DEFAULT_ENERGY_MODEL):
+        synapses = model.synapses()
+        shapes = [tuple(model.input_shape)]
+        shapes += [tuple(shape) for shape in model.neuron_shapes[:-1]]
         self.num_steps = num_steps
-        self.inputs, self.hidden = fc1.in_features, fc1.out_features
-        self.outputs = fc2.out_features
-        self.fc1_fan_out, self.fc2_fan_out = fan_out(fc1.weight), fan_out(fc2.weight)
-        self.fc1_fan_out = self.fc1_fan_out.to(exact_dtype(self.fc1_fan_out))  # (faster)
+        self.energy_model = energy_model
+        self.neurons = sum(math.prod(shape) for shape in model.neuron_shapes)
+        pairs = list(zip(synapses, shapes, strict=True))
+        self.fan_outs = [synapse_fan_out(s, shape) for s, shape in pairs]
+        self.fan_outs[0] = self.fan_outs[0].to(exact_dtype(self.fan_outs[0]))  # (faster)
+        self.dense = [int(synapse_fan_out(s, shape, dense=True).sum()) for s, shape in pairs]
         # MACs, ACs, spikes, membrane updates after each sample's first step
-        self.totals = torch.zeros(4, dtype=torch.int64, device=fc1.weight.device)
+        self.totals = torch.zeros(4, dtype=torch.int64, device=synapses[0].weight.device)
         self.samples = 0
-        self.fc1_applications = 1  # per sample: once for images, every step for spikes
+        self.first_applications = 1  # per sample: once for images, every step for spikes
 
     def add(self, inputs: torch.Tensor, out: NetOutput) -> None:
         """Count one evaluated batch: the model's input, images (B, 784) or spikes
         (T, B, 784), and its eval-mode output."""
-        activity = out.activity
-        if activity is None:
+        if out.layers is None:
             raise ValueError("the model's output has no activity counts: run it in eval mode")
-        self.fc1_applications = inputs.shape[0] if inputs.dim() == 3 else 1
-        vectors = inputs.reshape(-1, inputs.shape[-1])  # fc1's input at each application
-        macs, acs = synaptic_operations(vectors, self.fc1_fan_out)
-        acs = acs + spike_operations(activity.hidden_neuron_spikes, self.fc2_fan_out)  # fc2
-        spikes = activity.hidden_neuron_spikes.sum() + activity.output_spikes
-        updates = activity.hidden_membrane_updates + activity.output_membrane_updates
+        self.first_applications = inputs.shape[0] if inputs.dim() == 3 else 1
+        vectors = inputs.reshape(-1, inputs.shape[-1])  # the first synapse's input, each time
+        macs, acs = synaptic_operations(vectors, self.fan_outs[0])
+        for layer, fan in zip(out.layers[:-1], self.fan_outs[1:], strict=True):  # spikes in
+            acs = acs + spike_operations(layer.spikes.reshape(-1), fan)
+        spikes = sum(layer.spikes.sum() for layer in out.layers)
+        updates = sum(layer.membrane_updates for layer in out.layers)
         self.totals += torch.stack([macs, acs, spikes, updates])
         self.samples += inputs.shape[-2]
 
     def metrics(self) -> dict[str, float]:
         """The workload metrics, per sample, over every batch added."""
         macs, acs, spikes, updates = (int(v) for v in self.totals.tolist())
-        n, neuron_count = self.samples, self.hidden + self.outputs
+        n = self.samples
         per_sample = (lambda v: v / n) if n else (lambda v: 0.0)
-        dense = (
-            self.fc1_applications * self.inputs * self.hidden
-            + self.num_steps * self.hidden * self.outputs
-        )
+        dense = self.first_applications * self.dense[0] + self.num_steps * sum(self.dense[1:])
         return {
-            "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * neuron_count),
+            "activation_sparsity": activation_sparsity(spikes, n * self.num_steps * self.neurons),
             "synops_effective_macs": per_sample(macs),
             "synops_effective_acs": per_sample(acs),
             "synops_dense": float(dense) if n else 0.0,
-            "membrane_updates": neuron_count + per_sample(updates) if n else 0.0,
+            "membrane_updates": self.neurons + per_sample(updates) if n else 0.0,
+            "energy_estimate_pj": energy_pj(per_sample(macs), per_sample(acs), self.energy_model),
         }
 
 
 def static_metrics(model: nn.Module, neuron: str = neurons.DEFAULT_NEURON) -> dict[str, float]:
-    """Footprint in bytes, parameter count and connection sparsity of either backend's net
-    of `neuron` models (harness/network/neurons.py)."""
+    """Footprint in bytes, parameter count and connection sparsity of any network of
+    `neuron` models (harness/network/neurons.py), from its synapses and layers of neurons."""
     spec = neurons.spec(neuron)
-    fc1, fc2 = model.fc1, model.fc2
     parameters = list(model.parameters())
-    weights = (fc1.weight, fc2.weight)
+    weights = [synapse.weight for synapse in model.synapses()]
     zeros = sum(int((w == 0).sum()) for w in weights)
-    neuron_count = fc1.out_features + fc2.out_features
-    state = spec.state_tensors * neuron_count * fc1.weight.element_size()
+    neuron_count = sum(math.prod(shape) for shape in model.neuron_shapes)
+    state = spec.state_tensors * neuron_count * weights[0].element_size()
     return {
         "footprint_bytes": float(
             sum(p.numel() * p.element_size() for p in parameters)
             + state
-            + LIF_LAYERS * spec.constant_bytes
+            + len(model.neuron_shapes) * spec.constant_bytes
         ),
         "parameter_count": float(sum(p.numel() for p in parameters)),
         "connection_sparsity": zeros / sum(w.numel() for w in weights),

@@ -129,7 +129,7 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
     model.eval()
     batch_size = max(config.batch_size, 25_000 // config.num_steps)
     loss_sum = rate_hits = latency_hits = hidden = output = 0.0
-    workload = efficiency.Workload(model, config.num_steps)
+    workload = efficiency.Workload(model, config.num_steps, config.energy_model)
     encode = encoder(config, "evaluation", split.images.device)
     for images, labels in test_batches(split, batch_size):
         inputs = encode(images)
@@ -144,13 +144,14 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         output += float(out.spikes.sum())
     model.train()
     count = len(split)
+    hidden_neurons = sum(math.prod(shape) for shape in model.neuron_shapes[:-1])
     rate_acc, latency_acc = rate_hits / count, latency_hits / count
     return {
         "test_loss": loss_sum / count,
         "test_accuracy": rate_acc if config.decoding == "rate" else latency_acc,
         "rate_accuracy": rate_acc,
         "latency_accuracy": latency_acc,
-        "hidden_firing_rate": hidden / (count * config.hidden * config.num_steps),
+        "hidden_firing_rate": hidden / (count * hidden_neurons * config.num_steps),
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
         **workload.metrics(),
         **efficiency.static_metrics(model, config.neuron),

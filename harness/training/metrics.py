@@ -3,7 +3,7 @@
 Config validation (which metrics a study may optimise), MLflow's parent runs, the report's
 table, `harness compare` and the CLI read this table. A new metric is an entry here, computed
 in `harness.training.loop.evaluate` (a test-set metric) or `harness.training.efficiency` (an
-efficiency metric).
+efficiency metric, with `efficiency` its kind: per test sample, or fixed by the weights).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ METRICS: dict[str, Metric] = {
     "synops_effective_acs": Metric("eff. ACs", 0, "minimize", efficiency="workload"),
     "synops_dense": Metric("dense synops", 0, "minimize", efficiency="workload"),
     "membrane_updates": Metric("membrane updates", 0, "minimize", efficiency="workload"),
+    # Not NeuroBench's: arithmetic energy per inference from the effective MACs and ACs and the
+    # run's `energy_model` (harness/training/energy.py); an estimate, not a measurement.
+    "energy_estimate_pj": Metric("energy pJ", 0, "minimize", efficiency="workload"),
     # Static: fixed by the configuration (hidden size), not learned, so not study objectives.
     "footprint_bytes": Metric("footprint B", 0, "minimize", objective=False, efficiency="static"),
     "parameter_count": Metric("parameters", 0, "minimize", objective=False, efficiency="static"),
