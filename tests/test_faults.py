@@ -214,7 +214,7 @@ SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps"
 def test_a_signal_during_training_ends_run_and_trial_and_exits_with_its_code(
     tmp_path, mnist_dir, how, code
 ):
-    path = write_study(tmp_path, "sig", base=SLOW, space={"beta": [0.8, 0.9]})
+    path = write_study(tmp_path, "sig", base=SLOW, space={"beta": [0.8]})
     out = tmp_path / "out"
     process = start_study(path, out, mnist_dir)
     run_id = wait_for_running_run(out, "sig")
