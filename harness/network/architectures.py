@@ -1,7 +1,7 @@
 """The network architectures a run may train: one table, everything else reads it.
 
 No torch import here (config.py reads the names); `layers` names the function of
-harness/network/layered.py that lists the architecture's blocks.
+harness/network/model.py that lists the architecture's blocks.
 
 - `mlp`: Linear -> neurons per hidden width, then Linear -> neurons for the classes. `hidden`
   is its widths: 1000 (or [1000]) is tutorial 5's network, [500, 250] has two hidden layers.
@@ -24,17 +24,16 @@ from dataclasses import dataclass
 class ArchitectureSpec:
     name: str
     title: str
-    layers: str  # its block list in harness.network.layered
-    uses_hidden: bool  # does the `hidden` setting shape it?
+    layers: str  # the function of harness.network.model that lists its blocks
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in (
         ArchitectureSpec("mlp", "fully connected: Linear -> neurons per hidden width, then the "
-                         "classes (tutorial 5)", "mlp_blocks", True),
+                         "classes (tutorial 5)", "mlp_blocks"),
         ArchitectureSpec("csnn", "convolutional, 12C5-MP2-64C5-MP2-FC10 (tutorial 6)",
-                         "csnn_blocks", False),
+                         "csnn_blocks"),
     )
 }  # fmt: skip
 DEFAULT_ARCHITECTURE = "mlp"
