@@ -250,7 +250,9 @@ def _over_steps(steps: int):
     return process
 
 
-def _neurobench(model: nn.Module, config, split: Split, batch_size: int) -> dict:
+def _neurobench(model: nn.Module, config, split: Split, batch_size: int, as_snntorch=None) -> dict:
+    """NeuroBench's metrics of `model` (`as_snntorch`: how to write it for NeuroBench's
+    wrapper; the tutorial's network by default)."""
     from neurobench.benchmarks import Benchmark
     from neurobench.metrics.static import ConnectionSparsity, Footprint, ParameterCount
     from neurobench.metrics.workload import (
@@ -264,7 +266,7 @@ def _neurobench(model: nn.Module, config, split: Split, batch_size: int) -> dict
     from torch.utils.data import DataLoader, TensorDataset
 
     steps = config.num_steps
-    wrapped = SNNTorchModel(_neurobench_net(model, config))
+    wrapped = SNNTorchModel((as_snntorch or _neurobench_net)(model, config))
     benchmark = Benchmark(
         wrapped,
         None,
@@ -473,12 +475,7 @@ def test_every_architecture_trains_and_its_metrics_are_neurobench_s(mnist_64, se
             synapse.weight[synapse.weight.abs() < 0.01] = 0
     split = mnist_64.test
     ours = evaluate(model, split, config)
-    global _neurobench_net
-    saved, _neurobench_net = _neurobench_net, _neurobench_layers
-    try:
-        theirs = _neurobench(model, config, split, batch_size=len(split))
-    finally:
-        _neurobench_net = saved
+    theirs = _neurobench(model, config, split, len(split), as_snntorch=_neurobench_layers)
     steps = config.num_steps
     same = dict(rel=1e-6)
     for name in ("Effective_MACs", "Effective_ACs", "Dense", "MembraneUpdates", "Footprint"):

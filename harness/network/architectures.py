@@ -25,15 +25,16 @@ class ArchitectureSpec:
     name: str
     title: str
     layers: str  # the function of harness.network.model that lists its blocks
+    input_shape: tuple[int, ...]  # one sample as its first synapse takes it
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in (
         ArchitectureSpec("mlp", "fully connected: Linear -> neurons per hidden width, then the "
-                         "classes (tutorial 5)", "mlp_blocks"),
+                         "classes (tutorial 5)", "mlp_blocks", (28 * 28,)),
         ArchitectureSpec("csnn", "convolutional, 12C5-MP2-64C5-MP2-FC10 (tutorial 6)",
-                         "csnn_blocks"),
+                         "csnn_blocks", (1, 28, 28)),
     )
 }  # fmt: skip
 DEFAULT_ARCHITECTURE = "mlp"

@@ -210,9 +210,6 @@ def csnn_blocks(config: RunConfig) -> list[Block]:
     ]
 
 
-INPUT_SHAPES = {"mlp": (NUM_INPUTS,), "csnn": (1, 28, 28)}  # one sample, as the first synapse
-
-
 class ReferenceNet(nn.Module):
     """Any architecture of harness/network/architectures.py as snnTorch's tutorials write it:
     snnTorch's neurons, a Python loop over the steps, every synapse applied at every step (to
@@ -228,8 +225,9 @@ class ReferenceNet(nn.Module):
         neuron = getattr(snn, self.neuron.snntorch)
         grad = snntorch_surrogate(config.surrogate, config.surrogate_slope)
         self.num_steps = config.num_steps
-        self.input_shape = INPUT_SHAPES[config.architecture]
-        blocks = globals()[ARCHITECTURES[config.architecture].layers](config)
+        architecture = ARCHITECTURES[config.architecture]
+        self.input_shape = architecture.input_shape
+        blocks = globals()[architecture.layers](config)
         self.names = [block.name for block in blocks]
         self.pools = [block.pool for block in blocks]
         self.neuron_shapes = [block.neurons for block in blocks]
@@ -257,21 +255,21 @@ class ReferenceNet(nn.Module):
             counts = [x.new_zeros(shape, dtype=torch.int64) for shape in self.neuron_shapes]
             updates = [x.new_zeros((), dtype=torch.int64) for _ in layers]
         for step in range(self.num_steps):
-            current = x[step] if x.dim() == 3 else x
-            current = current.reshape(current.shape[0], *self.input_shape)
+            h = x[step] if x.dim() == 3 else x
+            h = h.reshape(h.shape[0], *self.input_shape)
             for i, (synapse, layer) in enumerate(zip(synapses, layers, strict=True)):
-                if isinstance(synapse, nn.Linear) and current.dim() > 2:
-                    current = current.flatten(1)
-                current = synapse(current)
+                if isinstance(synapse, nn.Linear) and h.dim() > 2:
+                    h = h.flatten(1)
+                h = synapse(h)
                 if self.pools[i]:
-                    current = nn.functional.max_pool2d(current, self.pools[i])
+                    h = nn.functional.max_pool2d(h, self.pools[i])
                 previous = states[i][-1]
-                current, *states[i] = layer(current, *states[i])
+                h, *states[i] = layer(h, *states[i])  # h: this layer's spikes, the next's input
                 if counts is not None:  # (as `layer_activity`)
-                    counts[i] += current.sum(0).to(torch.int64)
+                    counts[i] += h.sum(0).to(torch.int64)
                     if step:
                         updates[i] += torch.count_nonzero(states[i][-1] != previous)
-            spk_rec.append(current)
+            spk_rec.append(h)
             mem_rec.append(states[-1][-1])
         spikes, membranes = torch.stack(spk_rec), torch.stack(mem_rec)
         if counts is None:

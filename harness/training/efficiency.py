@@ -93,7 +93,7 @@ def synapse_fan_out(synapse: nn.Module, input_shape: tuple[int, ...], dense: boo
             padding=synapse.padding, dilation=synapse.dilation,
         )  # fmt: skip
         return reads.round().to(torch.int64).flatten()
-    return weight.sum(0).to(torch.int64)
+    return fan_out(weight)
 
 
 def exact_dtype(fan_out: torch.Tensor) -> torch.dtype:
