@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +111,34 @@ def wait_for_running_run(out: Path, name: str, seconds: float = 120) -> str:
                         return trial.user_attrs["mlflow_run_ids"][0]
         time.sleep(0.3)
     raise TimeoutError("no run started")
+
+
+def pause_between_writes(process, out: Path, tries: int = 200) -> None:
+    """SIGSTOP a study's process at a moment it holds no store's write lock. A process paused
+    inside a write keeps the lock: every other worker waits on it (SQLite) or, after Optuna's
+    30 s grace period, breaks it and the paused one dies on waking (the journal). Those are
+    faults of their own; a test of a paused worker's trial wants a pause in training."""
+    journal_lock = out / "optuna.journal.lock"
+    for _ in range(tries):
+        process.send_signal(signal.SIGSTOP)
+        if not journal_lock.is_symlink() and not _sqlite_write_locked(out / "mlflow.db"):
+            return
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise TimeoutError(f"the process held a store's write lock at each of {tries} pauses")
+
+
+def _sqlite_write_locked(path: Path) -> bool:
+    """Does another connection hold the write lock of the SQLite database at `path`?"""
+    with closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as db:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                return True
+            raise
+        db.execute("ROLLBACK")
+    return False
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -25,6 +25,7 @@ from harness.study.table import summary_rows
 from harness.study.tags import FAILED_TAG
 from tests.helpers import (
     ROOT,
+    pause_between_writes,
     run_cli,
     seed_runs,
     start_study,
@@ -263,7 +264,7 @@ def test_a_paused_worker_whose_trial_was_taken_stops_it_cleanly_and_goes_on(tmp_
     fast = {"HARNESS_STALE_SECONDS": "3", "HARNESS_HEARTBEAT_SECONDS": "0.5"}
     first = start_study(path, out, mnist_dir, env={**fast, "HARNESS_WORKER_HOST": "laptop"})
     paused_run = wait_for_running_run(out, "pause")
-    first.send_signal(signal.SIGSTOP)
+    pause_between_writes(first, out)
     try:
         time.sleep(5)  # longer than the stale limit: the other host takes it for dead
         second = run_cli(
@@ -289,7 +290,7 @@ def test_a_paused_worker_on_this_host_is_not_declared_dead(tmp_path, mnist_dir):
     fast = {"HARNESS_STALE_SECONDS": "2", "HARNESS_HEARTBEAT_SECONDS": "0.5"}
     first = start_study(path, out, mnist_dir, env=fast)
     wait_for_running_run(out, "nap")
-    first.send_signal(signal.SIGSTOP)
+    pause_between_writes(first, out)
     try:
         time.sleep(3)
         second = run_cli(

@@ -3,8 +3,10 @@ signal while waiting (the real faults: tests/test_scale_out.py)."""
 
 import os
 import signal
+import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
@@ -25,6 +27,7 @@ from harness.stores.retry import Retrying, retry_seconds, transient
             "[Errno 111] Connection refused'))",
             "connection refused",
         ),  # fmt: skip
+        ("(sqlite3.OperationalError) database is locked", "database is locked"),
     ],
 )
 def test_unreachable_stores_are_told_by_their_errors(text, reason):
@@ -66,6 +69,20 @@ def test_retries_say_what_they_wait_for_and_give_up_in_one_line(monkeypatch, cap
         retrying.call(refused)
     assert capsys.readouterr().err == ""
     assert retrying.call(lambda: 7) == 7 and not retrying.gave_up  # back
+
+
+def test_a_write_waits_for_an_sqlite_lock_another_worker_holds(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HARNESS_STORE_RETRY_SECONDS", "10")
+    path = tmp_path / "store.db"
+    with closing(sqlite3.connect(path, isolation_level=None, check_same_thread=False)) as holder:
+        holder.execute("CREATE TABLE tags (value TEXT)")
+        holder.execute("BEGIN IMMEDIATE")  # another worker in the middle of a write
+        threading.Timer(0.8, holder.execute, ("COMMIT",)).start()
+        with closing(sqlite3.connect(path, timeout=0.1, isolation_level=None)) as db:
+            Retrying("the tracking database").call(db.execute, "INSERT INTO tags VALUES ('x')")
+            assert db.execute("SELECT value FROM tags").fetchall() == [("x",)]
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith("waiting for the tracking database (database is locked): retry 1 in")
 
 
 def test_a_stop_signal_ends_the_wait_at_once():

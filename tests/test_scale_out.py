@@ -24,7 +24,13 @@ from harness.stores.opening import open_stores
 from harness.study.settled import settled_trials
 from harness.study.tags import FAILED_TAG
 from harness.ui.servers import stop_process_group
-from tests.helpers import ROOT, free_port, wait_for_running_run, write_study
+from tests.helpers import (
+    ROOT,
+    free_port,
+    pause_between_writes,
+    wait_for_running_run,
+    write_study,
+)
 from tests.launcher import CliProcess
 from tests.postgres import Server
 
@@ -290,8 +296,7 @@ def test_a_tracking_server_killed_mid_study(tmp_path, mnist_dir):
 @pytest.mark.mnist
 @pytest.mark.processes
 def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_path, mnist_dir):
-    # runs of seconds, so that the pause lands in training, not in a store's write (a worker
-    # paused holding the journal's lock for Optuna's 30 s grace period has it broken)
+    # runs of seconds, so that the pause lands in training
     path = write_study(tmp_path, "share", space={"beta": [0.7, 0.8]},
                        base={"train_subset": 19200, "hidden": 300, "num_steps": 25})  # fmt: skip
     out = tmp_path / "out"
@@ -299,7 +304,7 @@ def test_a_worker_that_ends_while_another_runs_says_its_table_is_partial(tmp_pat
     first = Worker(args, tmp_path)
     wait_for_running_run(out, "share")
     time.sleep(0.5)
-    first.process.send_signal(signal.SIGSTOP)
+    pause_between_writes(first.process, out)
     try:
         second = Worker(args, tmp_path)
         assert second.finish() == 0, second.stderr

@@ -4,9 +4,10 @@ says on stderr in one line per retry what it waits for, and honours a stop signa
 attempts; after the bound, one StoreError line.
 
 Only errors that say the store could not be reached are retried (connection refused or lost,
-the server shutting down or starting up, too many connections); any other error is raised at
-once. Calls from threads other than the main one (the heartbeat) are tried once: their caller
-tries again later anyway.
+the server shutting down or starting up, too many connections, an SQLite database whose write
+lock another worker held past the busy timeout); any other error is raised at once. Calls from
+threads other than the main one (the heartbeat) are tried once: their caller tries again later
+anyway.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ TRANSIENT = re.compile(
     r"slots are reserved|connection already closed|server is closed|could not connect to server"
     r"|could not receive data from server|no connection to the server|SSL SYSCALL error|"
     r"consuming input failed|Connection aborted|RemoteDisconnected|Connection reset by peer|"
-    r"Read timed out",
+    r"Read timed out|database is locked",
     re.IGNORECASE,
 )
 VAGUE = re.compile(r"Max retries exceeded", re.IGNORECASE)  # said with one of the above, or alone
