@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.config import load_run_config
+from harness.config import StudyConfig, load_run_config
 from harness.data import acquire
 from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
@@ -202,6 +202,10 @@ def _train(args: argparse.Namespace) -> int:
     from harness.training.loop import StopRun, resolve_device, train
 
     config = load_run_config(args.config, args.overrides)
+    if config.model is not None:
+        from harness.network.user_model import dry_run
+
+        dry_run(config)
     weights = _weights_path(args.save_model, config.save_model, config.seed)
     if weights is not None:
         config = config.model_copy(update={"save_model": True})
@@ -340,6 +344,32 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run_models(config: StudyConfig) -> None:
+    """A study of a model of your own: each form of it (grid points, or each model_args
+    value of a search) runs one batch before any store is opened (harness.network.user_model)."""
+    from harness.config import MODEL_ARG, Choices
+
+    if config.base_config.model is None:
+        return
+    from harness.network.user_model import dry_run
+
+    if config.sampler == "grid":
+        points = config.grid()
+    else:
+        points = [{}] + [
+            {key: value}
+            for key, values in config.space.items()
+            if key.startswith(MODEL_ARG)
+            for value in (values.choices if isinstance(values, Choices) else values)
+        ]
+    seen = []
+    for point in points:
+        run = config.run_config(point, config.seed_list[0]).model_copy(update={"seed": 0})
+        if run not in seen:
+            seen.append(run)
+            dry_run(run)
+
+
 def _study(args: argparse.Namespace) -> int:
     from harness import interrupt
     from harness.config import load_study
@@ -357,6 +387,7 @@ def _study(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers must be >= 1")
     check_description(config.name, config.description)
+    _dry_run_models(config)
     interrupt.install()  # a stop signal ends the running trial cleanly, then the study
     take_over_http_retries()  # bounded, and a stop signal heard while waiting (stores.retry)
     stores = open_stores(args.output_dir, args.storage, args.tracking_uri)

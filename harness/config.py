@@ -7,6 +7,7 @@ The defaults are the tutorial's settings (snnTorch tutorial 5). Every problem wi
 from __future__ import annotations
 
 import re
+import sys
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -27,7 +28,13 @@ from pydantic import (
 from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.network import neurons
-from harness.network.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, FUSED_ONLY
+from harness.network.architectures import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    FUSED_ONLY,
+    USER_MODEL_PATTERN,
+    USER_MODEL_SETTINGS,
+)
 from harness.network.backends import BACKENDS, DEFAULT_BACKEND
 from harness.network.decodings import DECODINGS, DEFAULT_DECODING
 from harness.network.encodings import DEFAULT_ENCODING, ENCODINGS
@@ -76,6 +83,15 @@ class RunConfig(BaseModel):
     hidden: int | list[int] = Field(
         1000,
         description="mlp's hidden widths: 1000 (or [1000]) is tutorial 5, [500, 250] two layers",
+    )
+    model: str | None = Field(
+        None,
+        description='your own network, "module:function" (importable from the study file\'s '
+        "folder or PYTHONPATH), in place of architecture and hidden",
+    )
+    model_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keywords for your model's factory; a study varies one as model_args.NAME",
     )
     threshold: float = Field(1.0, gt=0.0, description="firing threshold")
     neuron: str = Field(
@@ -157,9 +173,60 @@ class RunConfig(BaseModel):
             )
         return widths[0] if len(widths) == 1 else widths
 
+    @field_validator("model")
+    @classmethod
+    def _module_and_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(USER_MODEL_PATTERN, value):
+            raise ValueError('must be "module:function", as my_model:build')
+        return value
+
+    @field_validator("model_args")
+    @classmethod
+    def _plain_keywords(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, arg in value.items():
+            if not (isinstance(key, str) and key.isidentifier()):
+                raise ValueError(f"{key!r} is not a keyword name")
+            if key in USER_MODEL_SETTINGS:
+                raise ValueError(
+                    f"'{key}' is a setting the harness passes itself "
+                    f"({', '.join(USER_MODEL_SETTINGS)}); set it as a run setting"
+                )
+            if not (arg is None or isinstance(arg, str | int | float | bool)):
+                raise ValueError(f"'{key}' must be a number, text, true/false or null")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_model_trains_on_reference(cls, values: Any) -> Any:
+        # a user model has no fused kernel: left unset, its backend is reference
+        if isinstance(values, dict) and values.get("model") and "backend" not in values:
+            return {**values, "backend": "reference"}
+        return values
+
+    @model_validator(mode="after")
+    def _own_model_or_built_in(self) -> RunConfig:
+        if self.model is None:
+            if self.model_args:
+                raise ValueError("model_args are the keywords of a model's factory: set model")
+            return self
+        defaults = {"architecture": DEFAULT_ARCHITECTURE, "hidden": 1000}
+        given = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} {'describe' if len(given) > 1 else 'describes'} the "
+                f"built-in networks; with model "
+                f"'{self.model}', give your network's settings in model_args"
+            )
+        if self.backend == "fused":
+            raise ValueError(
+                f"backend fused does not run model '{self.model}': it runs {FUSED_ONLY}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _fused_runs_tutorial_5s_shape(self) -> RunConfig:
-        if self.backend == "fused" and (self.architecture != "mlp" or len(self.hidden_layers) != 1):
+        one_hidden = self.architecture == "mlp" and len(self.hidden_layers) == 1
+        if self.model is None and self.backend == "fused" and not one_hidden:
             shape = (
                 f"architecture {self.architecture}"
                 if self.architecture != "mlp"
@@ -324,6 +391,8 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
     """Build a run config from a YAML file's run settings plus `key=value` overrides.
 
     A study file keeps its run settings under `base`; a plain run file holds them at the top.
+    A model of your own (`model`) is imported from the file's folder, else the current one;
+    `--set model_args.NAME=VALUE` sets one of its keywords.
     """
     values: dict[str, Any] = {}
     source = "config"
@@ -331,9 +400,18 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
         data = read_yaml(path)
         values = dict(data.get("base") or {}) if "base" in data else data
         source = str(path)
+    importable_from(path.parent if path is not None else Path.cwd())
     set_values = parse_overrides(overrides or [])
-    values.update(set_values)
+    values = with_params(values, set_values)
     return make_run_config(values, source if not set_values else f"{source} with --set")
+
+
+def importable_from(folder: Path) -> None:
+    """Let a model of your own be imported from `folder` (a study file's, first on
+    sys.path)."""
+    entry = str(folder.resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,7 +613,20 @@ class StudyConfig(BaseModel):
 
     def run_config(self, params: dict[str, Any], seed: int, source: str = "config") -> RunConfig:
         """The run config of one configuration and seed: base, then params, then the seed."""
-        return make_run_config({**self.base, **params, "seed": seed}, source)
+        return make_run_config({**with_params(self.base, params), "seed": seed}, source)
+
+
+MODEL_ARG = "model_args."  # a space key that varies one keyword of the model's factory
+
+
+def with_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Run settings `base` with a configuration's `params` in place; `model_args.NAME` keys
+    go into `model_args`."""
+    values = {**base, **{k: v for k, v in params.items() if not k.startswith(MODEL_ARG)}}
+    args = {k.removeprefix(MODEL_ARG): v for k, v in params.items() if k.startswith(MODEL_ARG)}
+    if args:
+        values["model_args"] = {**base.get("model_args", {}), **args}
+    return values
 
 
 def comparable_dump(dump: dict[str, Any]) -> dict[str, Any]:
@@ -583,6 +674,9 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
     allowed = ", ".join(k for k in RunConfig.model_fields if k not in FIXED_KEYS)
     for key, values in study.space.items():
         where = f"{source}: space.{key}"
+        if key.startswith(MODEL_ARG):
+            space[key] = _model_arg_values(study, base, key, values, where)
+            continue
         if key in FIXED_KEYS:
             raise ConfigError(
                 f"{where}: '{key}' is set once for a whole study (seeds by `seeds`; data sets "
@@ -636,6 +730,22 @@ def _check_study(study: StudyConfig, source: str) -> StudyConfig:
             for seed in checked.all_seeds:
                 checked.run_config(point, seed, f"{source}: grid point {point}, seed {seed}")
     return checked
+
+
+def _model_arg_values(
+    study: StudyConfig, base: RunConfig, key: str, values: Any, where: str
+) -> list[Any] | Choices:
+    """A space entry `model_args.NAME`: a list or choices of plain values, for a model."""
+    if base.model is None:
+        raise ConfigError(f"{where}: model_args vary a model of your own: set model in base")
+    if not isinstance(values, list | Choices):
+        raise ConfigError(f"{where}: a keyword of your model varies by a list or choices")
+    options = values.choices if isinstance(values, Choices) else values
+    if not options:
+        raise ConfigError(f"{where}: empty list of values")
+    for value in options:
+        make_run_config(with_params(study.base, {key: value}), where)
+    return values
 
 
 def _study_neurons(study: StudyConfig, source: str) -> list[str]:
@@ -723,6 +833,7 @@ def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyC
     except ValidationError as err:
         single = "objective" in data and "objectives" not in data
         raise ConfigError(_format_study_error(err, str(path), single)) from None
+    importable_from(path.parent)
     if study.name != path.stem:  # the name keys the stores and reports/NAME: one name each
         raise ConfigError(
             f"{path}: name '{study.name}' differs from the file's name '{path.stem}' "

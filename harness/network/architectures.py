@@ -39,3 +39,8 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }  # fmt: skip
 DEFAULT_ARCHITECTURE = "mlp"
 FUSED_ONLY = "architecture mlp with one hidden layer (tutorial 5's shape); use backend reference"
+
+# Your own network (harness/network/user_model.py): `model: "module:function"`, and what the
+# harness passes its factory besides the run's `model_args`.
+USER_MODEL_PATTERN = r"[A-Za-z_][\w.]*:[A-Za-z_]\w*"
+USER_MODEL_SETTINGS = ("inputs", "outputs", "num_steps", "beta", "threshold", "spike_grad")

@@ -279,8 +279,13 @@ class ReferenceNet(nn.Module):
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    """The network of `config.backend` (its class named by harness.network.backends),
-    initialised from the current torch seed."""
+    """The network of `config.backend` (its class named by harness.network.backends), or the
+    user's own (`config.model`: harness.network.user_model), initialised from the current
+    torch seed."""
+    if config.model is not None:
+        from harness.network.user_model import UserNet
+
+        return UserNet(config)
     return globals()[BACKENDS[config.backend].model](config)
 
 
@@ -306,5 +311,5 @@ def load_weights(path: str, config: RunConfig) -> nn.Module:
     """
     model = build_model(config)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=config.backend == "fused")
+    model.load_state_dict(state, strict=config.backend == "fused" or config.model is not None)
     return model

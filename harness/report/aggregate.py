@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from scipy.stats import t as student_t
 
 from harness import stats
-from harness.config import Objective, StudyConfig
+from harness.config import MODEL_ARG, Objective, StudyConfig
 from harness.study import seed_rounds
 from harness.study.settled import (
     STOPPED,
@@ -119,8 +119,12 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
 
 
 def _typed(config: StudyConfig, key: str, raw: str) -> Any:
-    """A param string from MLflow back to the run setting's type."""
-    return getattr(config.run_config({key: yaml.safe_load(raw)}, 0), key)
+    """A param string from MLflow back to the run setting's type (a keyword of a model of
+    your own, `model_args.NAME`: as YAML reads it)."""
+    value = yaml.safe_load(raw)
+    if key.startswith(MODEL_ARG):
+        return value
+    return getattr(config.run_config({key: value}, 0), key)
 
 
 def _missing(config: StudyConfig, study: optuna.Study | None) -> list[str]:

@@ -235,8 +235,13 @@ class RunLogger:
         self._flushed = time.monotonic()
 
     def log_config(self, config: dict[str, Any], inputs: list[DatasetInput] = ()) -> None:
-        """All run settings as params, and as a YAML artifact; the data as dataset inputs."""
-        params = [Param(key, str(value)) for key, value in config.items()]
+        """All run settings as params (a model's `model_args` one param each, as
+        model_args.NAME), and as a YAML artifact; the data as dataset inputs."""
+        flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
+        for key, value in config.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{name}": arg for name, arg in value.items()})
+        params = [Param(key, str(value)) for key, value in flat.items()]
         self.client.log_batch(self.run_id, params=params)
         if inputs:
             self.client.log_inputs(self.run_id, datasets=list(inputs))

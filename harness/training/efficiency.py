@@ -9,7 +9,10 @@ Definitions (NeuroBench 2.3, `neurobench.metrics`), for any network of the harne
 (nn.Linear, nn.Conv2d) in order, each followed by a layer of neurons (tutorial 5's
 Linear(784, H) -> LIF -> Linear(H, 10) -> LIF, an mlp of any depth, tutorial 6's csnn), run for
 T steps on N test images; workload metrics are per sample. Below, "fc1" is the first synapse,
-"fc2" any later one (its input: the spikes of the layer before):
+"fc2" any later one (its input: the spikes of the layer before). A model of your own
+(harness/network/user_model.py) is wired as it likes: its synapses' inputs are counted as they
+come, each as the rules for fc1 below say, and every synapse is applied at every step (the
+harness calls the model once a step), as NeuroBench counts it:
 
 - synaptic operations of a linear layer: each nonzero input entry costs one operation per
   nonzero weight in its column (biases are not counted). An input vector whose entries are
@@ -150,8 +153,9 @@ class Workload:
 
     def __init__(self, model: nn.Module, num_steps: int, energy_model: str = DEFAULT_ENERGY_MODEL):
         synapses = model.synapses()
-        shapes = [tuple(model.input_shape)]
-        shapes += [tuple(shape) for shape in model.neuron_shapes[:-1]]
+        shapes = getattr(model, "synapse_input_shapes", None)  # a user model's, as it ran
+        if shapes is None:  # a chain: each synapse takes the layer before's spikes
+            shapes = [tuple(model.input_shape), *(tuple(s) for s in model.neuron_shapes[:-1])]
         self.num_steps = num_steps
         self.energy_model = energy_model
         self.neurons = sum(math.prod(shape) for shape in model.neuron_shapes)
@@ -163,17 +167,32 @@ class Workload:
         self.totals = torch.zeros(4, dtype=torch.int64, device=synapses[0].weight.device)
         self.samples = 0
         self.first_applications = 1  # per sample: once for images, every step for spikes
+        # A user model's wiring is its own: it shows each synapse's input as it runs, and
+        # every synapse is applied at every step.
+        self.observed = hasattr(model, "observe_synapses")
+        self.operations = torch.zeros(2, dtype=torch.int64, device=self.totals.device)
+        if self.observed:
+            model.observe_synapses(self._observe)
+
+    def _observe(self, index: int, inputs: torch.Tensor) -> None:
+        """Count one application of synapse `index` to a batch of inputs."""
+        vectors = inputs.reshape(inputs.shape[0], -1)
+        self.operations += torch.stack(synaptic_operations(vectors, self.fan_outs[index]))
 
     def add(self, inputs: torch.Tensor, out: NetOutput) -> None:
         """Count one evaluated batch: the model's input, images (B, 784) or spikes
         (T, B, 784), and its eval-mode output."""
         if out.layers is None:
             raise ValueError("the model's output has no activity counts: run it in eval mode")
-        self.first_applications = inputs.shape[0] if inputs.dim() == 3 else 1
-        vectors = inputs.reshape(-1, inputs.shape[-1])  # the first synapse's input, each time
-        macs, acs = synaptic_operations(vectors, self.fan_outs[0])
-        for layer, fan in zip(out.layers[:-1], self.fan_outs[1:], strict=True):  # spikes in
-            acs = acs + spike_operations(layer.spikes.reshape(-1), fan)
+        if self.observed:
+            (macs, acs), self.operations = self.operations, torch.zeros_like(self.operations)
+            self.first_applications = self.num_steps
+        else:
+            self.first_applications = inputs.shape[0] if inputs.dim() == 3 else 1
+            vectors = inputs.reshape(-1, inputs.shape[-1])  # the first synapse's input, each time
+            macs, acs = synaptic_operations(vectors, self.fan_outs[0])
+            for layer, fan in zip(out.layers[:-1], self.fan_outs[1:], strict=True):  # spikes in
+                acs = acs + spike_operations(layer.spikes.reshape(-1), fan)
         spikes = sum(layer.spikes.sum() for layer in out.layers)
         updates = sum(layer.membrane_updates for layer in out.layers)
         self.totals += torch.stack([macs, acs, spikes, updates])
@@ -203,13 +222,13 @@ def static_metrics(model: nn.Module, neuron: str = neurons.DEFAULT_NEURON) -> di
     weights = [synapse.weight for synapse in model.synapses()]
     zeros = sum(int((w == 0).sum()) for w in weights)
     neuron_count = sum(math.prod(shape) for shape in model.neuron_shapes)
-    state = spec.state_tensors * neuron_count * weights[0].element_size()
+    # a user model's neurons: their buffers after one sample, as NeuroBench counts them
+    state = getattr(model, "measured_state_bytes", None)
+    if state is None:
+        state = spec.state_tensors * neuron_count * weights[0].element_size()
+        state += len(model.neuron_shapes) * spec.constant_bytes
     return {
-        "footprint_bytes": float(
-            sum(p.numel() * p.element_size() for p in parameters)
-            + state
-            + len(model.neuron_shapes) * spec.constant_bytes
-        ),
+        "footprint_bytes": float(sum(p.numel() * p.element_size() for p in parameters) + state),
         "parameter_count": float(sum(p.numel() for p in parameters)),
         "connection_sparsity": zeros / sum(w.numel() for w in weights),
     }

@@ -151,7 +151,9 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         "test_accuracy": rate_acc if config.decoding == "rate" else latency_acc,
         "rate_accuracy": rate_acc,
         "latency_accuracy": latency_acc,
-        "hidden_firing_rate": hidden / (count * hidden_neurons * config.num_steps),
+        "hidden_firing_rate": hidden / (count * hidden_neurons * config.num_steps)
+        if hidden_neurons
+        else 0.0,  # (a model of your own may have no hidden layer)
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
         **workload.metrics(),
         **efficiency.static_metrics(model, config.neuron),
