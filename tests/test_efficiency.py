@@ -193,7 +193,7 @@ def test_both_backends_report_identical_metrics(settings):
         fused = FusedNet(config, kernel=kernel)
         fused.load_state_dict(reference.state_dict(), strict=False)
         results.append(evaluate(fused, split, config))
-    names = EFFICIENCY_METRICS
+    names = [*EFFICIENCY_METRICS, *(k for k in results[0] if "/" in k)]  # and per layer
     ours = {name: results[0][name] for name in names}
     assert all({name: r[name] for name in names} == ours for r in results[1:])
     assert 0 < ours["activation_sparsity"] < 1 and ours["synops_effective_acs"] > 0
@@ -201,6 +201,27 @@ def test_both_backends_report_identical_metrics(settings):
     neurons, steps = settings["hidden"] + 10, settings["num_steps"]
     if steps == 40:
         assert neurons < ours["membrane_updates"] < neurons * steps
+
+
+def test_per_layer_rates_and_operations_add_up_to_the_network_s():
+    config = make_run_config({"backend": "reference", "hidden": [48, 24], "num_steps": 6})
+    torch.manual_seed(0)
+    model = build_model(config)
+    generator = torch.Generator().manual_seed(1)
+    split = Split(torch.rand(40, 784, generator=generator), torch.arange(40) % 10)
+    metrics = evaluate(model, split, config)
+    widths = [48, 24, 10]
+    rates = [metrics[f"firing_rate/layer{i}"] for i in (1, 2, 3)]
+    assert all(0 < rate < 1 for rate in rates[:2])
+    spikes = sum(rate * width for rate, width in zip(rates, widths, strict=True))
+    assert spikes == pytest.approx((1 - metrics["activation_sparsity"]) * sum(widths))
+    assert metrics["hidden_firing_rate"] == pytest.approx((rates[0] * 48 + rates[1] * 24) / 72)
+    ops = [metrics[f"synops/layer{i}"] for i in (1, 2, 3)]
+    assert ops[0] == metrics["synops_effective_macs"]  # the image into the first synapse
+    assert sum(ops) == pytest.approx(
+        metrics["synops_effective_macs"] + metrics["synops_effective_acs"]
+    )
+    assert "synops/layer4" not in metrics and "firing_rate/layer4" not in metrics
 
 
 # --- the real NeuroBench on the same weights and images ------------------------------------

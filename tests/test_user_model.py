@@ -234,3 +234,9 @@ def test_a_study_of_a_module_outside_the_repository_saves_weights_that_load_back
                    "--reports-dir", str(reports))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "model_args.width" in (reports / "mine" / "configurations.csv").read_text()
+    assert (reports / "mine" / "activity_per_layer.png").stat().st_size > 10_000
+    layers = {k for k in logged.metrics if "/" in k}
+    assert layers == {f"{kind}/layer{i}" for kind in ("firing_rate", "synops") for i in (1, 2)}
+    assert sum(logged.metrics[f"synops/layer{i}"] for i in (1, 2)) == pytest.approx(
+        logged.metrics["synops_effective_macs"] + logged.metrics["synops_effective_acs"]
+    )

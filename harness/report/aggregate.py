@@ -38,7 +38,7 @@ from harness.study.tags import (
     TRIAL_TAG,
 )
 from harness.study.tracking import search_all_runs
-from harness.training.metrics import METRICS
+from harness.training.metrics import LAYER_METRICS, METRICS
 
 
 @dataclass
@@ -94,6 +94,7 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
             "config": _label(typed, keys),
             **typed,
             **{m: run.data.metrics.get(m, math.nan) for m in METRICS},
+            **{m: v for m, v in run.data.metrics.items() if m.split("/")[0] in LAYER_METRICS},
         }
         records.append(record)
         if run.info.status == "FINISHED" and record["status"] == "finished":

@@ -16,7 +16,7 @@ import seaborn as sns  # noqa: E402
 
 from harness.config import StudyConfig  # noqa: E402
 from harness.report.aggregate import StudyData, label_of, trials_frame  # noqa: E402
-from harness.training.metrics import METRICS  # noqa: E402
+from harness.training.metrics import LAYER_METRICS, METRICS  # noqa: E402
 
 matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})  # text stays text
 SMOOTH = 10  # iterations in the rolling mean of the train-loss curve
@@ -420,6 +420,39 @@ def difference_vs_best(data: StudyData, table: pd.DataFrame) -> list[Figure]:
     return [Figure("difference_vs_best", "Difference from the best configuration", caption, fig)]
 
 
+def activity_per_layer(data: StudyData) -> list[Figure]:
+    """Each layer's firing rate and each synapse's effective operations per sample, a bar per
+    configuration (mean over its seeds, with their sd): where a network spends its spikes."""
+    runs = data.runs[data.runs["status"] == "finished"]
+    columns = [c for c in runs.columns if "/" in c and c.split("/")[0] in LAYER_METRICS]
+    if runs.empty or not columns:
+        return []
+    long = runs.melt(id_vars=["config", "seed"], value_vars=columns).dropna(subset=["value"])
+    long[["kind", "layer"]] = long["variable"].str.split("/", expand=True)
+    long["layer"] = long["layer"].str.removeprefix("layer").astype(int)
+    configs = long["config"].nunique()
+    fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
+    for ax, (kind, title) in zip(axes, LAYER_METRICS.items(), strict=True):
+        part = long[long["kind"] == kind]
+        sns.barplot(part, x="layer", y="value", hue="config", errorbar="sd", ax=ax,
+                    palette="tab10" if configs <= 10 else "viridis")  # fmt: skip
+        ax.set_xlabel("layer (in the order the network runs them)")
+        ax.set_ylabel(title)
+        legend = ax.get_legend()
+        if legend is not None and (ax is axes[0] or configs > 12):
+            legend.remove()
+        elif legend is not None:
+            legend.set_title("configuration")
+    fig.tight_layout()
+    caption = (
+        "Left: the share of neuron-steps with a spike in each layer of neurons over the test "
+        "set (the last layer is the output). Right: effective synaptic operations (MACs + ACs) "
+        "of each synapse per test sample: the synapse into layer k. Bars: mean over the seeds; "
+        "whiskers: their standard deviation."
+    )
+    return [Figure("activity_per_layer", "Activity per layer", caption, fig)]
+
+
 def all_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
     """Every figure that the study's data supports."""
     sns.set_theme(style="whitegrid", context="notebook")
@@ -432,6 +465,7 @@ def all_figures(data: StudyData, table: pd.DataFrame) -> list[Figure]:
         figures += heatmap(data, table)
         figures += rate_vs_latency(data)
         figures += pareto_figures(data, table)
+        figures += activity_per_layer(data)
     if data.study is not None and data.config.sampler != "grid":
         figures += search_figures(data.study, data.config)
     return figures

@@ -67,7 +67,7 @@ from harness.network import neurons
 from harness.network.kernels.activity import input_operations
 from harness.network.model import NetOutput
 from harness.training.energy import DEFAULT_ENERGY_MODEL, energy_pj
-from harness.training.metrics import EFFICIENCY_METRICS, METRICS
+from harness.training.metrics import EFFICIENCY_METRICS, METRICS, layer_metric
 
 
 def fan_out(weight: torch.Tensor) -> torch.Tensor:
@@ -164,20 +164,24 @@ class Workload:
         self.fan_outs[0] = self.fan_outs[0].to(exact_dtype(self.fan_outs[0]))  # (faster)
         self.dense = [int(synapse_fan_out(s, shape, dense=True).sum()) for s, shape in pairs]
         # MACs, ACs, spikes, membrane updates after each sample's first step
-        self.totals = torch.zeros(4, dtype=torch.int64, device=synapses[0].weight.device)
+        device = synapses[0].weight.device
+        self.totals = torch.zeros(4, dtype=torch.int64, device=device)
+        self.layer_neurons = [math.prod(shape) for shape in model.neuron_shapes]
+        self.layer_spikes = torch.zeros(len(self.layer_neurons), dtype=torch.int64, device=device)
+        self.synapse_ops = torch.zeros(len(synapses), dtype=torch.int64, device=device)
         self.samples = 0
         self.first_applications = 1  # per sample: once for images, every step for spikes
         # A user model's wiring is its own: it shows each synapse's input as it runs, and
         # every synapse is applied at every step.
         self.observed = hasattr(model, "observe_synapses")
-        self.operations = torch.zeros(2, dtype=torch.int64, device=self.totals.device)
+        self.operations = torch.zeros(len(synapses), 2, dtype=torch.int64, device=device)
         if self.observed:
             model.observe_synapses(self._observe)
 
     def _observe(self, index: int, inputs: torch.Tensor) -> None:
         """Count one application of synapse `index` to a batch of inputs."""
         vectors = inputs.reshape(inputs.shape[0], -1)
-        self.operations += torch.stack(synaptic_operations(vectors, self.fan_outs[index]))
+        self.operations[index] += torch.stack(synaptic_operations(vectors, self.fan_outs[index]))
 
     def add(self, inputs: torch.Tensor, out: NetOutput) -> None:
         """Count one evaluated batch: the model's input, images (B, 784) or spikes
@@ -185,17 +189,24 @@ class Workload:
         if out.layers is None:
             raise ValueError("the model's output has no activity counts: run it in eval mode")
         if self.observed:
-            (macs, acs), self.operations = self.operations, torch.zeros_like(self.operations)
+            operations, self.operations = self.operations, torch.zeros_like(self.operations)
+            macs, acs = operations.sum(0)
+            self.synapse_ops += operations.sum(1)
             self.first_applications = self.num_steps
         else:
             self.first_applications = inputs.shape[0] if inputs.dim() == 3 else 1
             vectors = inputs.reshape(-1, inputs.shape[-1])  # the first synapse's input, each time
             macs, acs = synaptic_operations(vectors, self.fan_outs[0])
-            for layer, fan in zip(out.layers[:-1], self.fan_outs[1:], strict=True):  # spikes in
-                acs = acs + spike_operations(layer.spikes.reshape(-1), fan)
-        spikes = sum(layer.spikes.sum() for layer in out.layers)
+            later = [  # spikes in
+                spike_operations(layer.spikes.reshape(-1), fan)
+                for layer, fan in zip(out.layers[:-1], self.fan_outs[1:], strict=True)
+            ]
+            self.synapse_ops += torch.stack([macs + acs, *later])
+            acs = acs + sum(later)
+        spikes = torch.stack([layer.spikes.sum() for layer in out.layers])
+        self.layer_spikes += spikes
         updates = sum(layer.membrane_updates for layer in out.layers)
-        self.totals += torch.stack([macs, acs, spikes, updates])
+        self.totals += torch.stack([macs, acs, spikes.sum(), updates])
         self.samples += inputs.shape[-2]
 
     def metrics(self) -> dict[str, float]:
@@ -212,6 +223,22 @@ class Workload:
             "membrane_updates": self.neurons + per_sample(updates) if n else 0.0,
             "energy_estimate_pj": energy_pj(per_sample(macs), per_sample(acs), self.energy_model),
         }
+
+    def layer_metrics(self) -> dict[str, float]:
+        """Each layer's firing rate and each synapse's effective operations per sample
+        (`harness.training.metrics.LAYER_METRICS`), over every batch added."""
+        n = self.samples
+        rates = {
+            layer_metric("firing_rate", i): spikes / (n * self.num_steps * neurons) if n else 0.0
+            for i, (spikes, neurons) in enumerate(
+                zip(self.layer_spikes.tolist(), self.layer_neurons, strict=True), 1
+            )
+        }
+        ops = {
+            layer_metric("synops", i): ops / n if n else 0.0
+            for i, ops in enumerate(self.synapse_ops.tolist(), 1)
+        }
+        return {**rates, **ops}
 
 
 def static_metrics(model: nn.Module, neuron: str = neurons.DEFAULT_NEURON) -> dict[str, float]:

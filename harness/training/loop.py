@@ -157,6 +157,7 @@ def evaluate(model: torch.nn.Module, split: Split, config: RunConfig) -> dict[st
         "output_firing_rate": output / (count * NUM_OUTPUTS * config.num_steps),
         **workload.metrics(),
         **efficiency.static_metrics(model, config.neuron),
+        **workload.layer_metrics(),
     }
 
 

@@ -51,3 +51,13 @@ METRICS: dict[str, Metric] = {
 }
 OBJECTIVE_METRICS = tuple(name for name, spec in METRICS.items() if spec.objective)
 EFFICIENCY_METRICS = tuple(name for name, spec in METRICS.items() if spec.efficiency)
+
+# Per layer, logged beside the table's metrics (MLflow groups them by the part before "/"):
+# each layer of neurons' firing rate, and each synapse's effective operations (MACs + ACs) per
+# test sample, numbered from 1 in the order the network runs them.
+LAYER_METRICS = {"firing_rate": "firing rate", "synops": "effective synops per sample"}
+
+
+def layer_metric(kind: str, layer: int) -> str:
+    """The MLflow name of a per-layer metric: `firing_rate/layer2`."""
+    return f"{kind}/layer{layer}"
