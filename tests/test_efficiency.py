@@ -216,12 +216,12 @@ def test_per_layer_rates_and_operations_add_up_to_the_network_s():
     spikes = sum(rate * width for rate, width in zip(rates, widths, strict=True))
     assert spikes == pytest.approx((1 - metrics["activation_sparsity"]) * sum(widths))
     assert metrics["hidden_firing_rate"] == pytest.approx((rates[0] * 48 + rates[1] * 24) / 72)
-    ops = [metrics[f"synops/layer{i}"] for i in (1, 2, 3)]
+    ops = [metrics[f"synops/synapse{i}"] for i in (1, 2, 3)]
     assert ops[0] == metrics["synops_effective_macs"]  # the image into the first synapse
     assert sum(ops) == pytest.approx(
         metrics["synops_effective_macs"] + metrics["synops_effective_acs"]
     )
-    assert "synops/layer4" not in metrics and "firing_rate/layer4" not in metrics
+    assert "synops/synapse4" not in metrics and "firing_rate/layer4" not in metrics
 
 
 # --- the real NeuroBench on the same weights and images ------------------------------------

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from harness.config import load_study, make_run_config
-from harness.data.loading import load
+from harness.data.loading import Split, load
 from harness.errors import ConfigError
 from harness.network.model import build_model
 from harness.network.user_model import dry_run
@@ -110,6 +110,32 @@ def test_the_metrics_go_by_the_order_the_layers_are_called(elsewhere):
     model = build_model(config)
     assert [tuple(s.weight.shape) for s in model.synapses()] == [(24, 784), (10, 24)]
     assert model.neuron_shapes == [(24,), (10,)]
+
+
+RECURRENT = GOOD.replace(
+    "snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),",
+    "snn.RLeaky(beta=beta, linear_features=width, spike_grad=spike_grad, init_hidden=True),",
+)
+
+
+def test_a_recurrent_layer_of_your_own_counts_its_own_weights_as_a_synapse(elsewhere):
+    write_module(elsewhere, "recurrent_net", RECURRENT)
+    config = make_run_config({**SMALL, "model": "recurrent_net:build", "num_steps": 5})
+    dry_run(config)
+    torch.manual_seed(0)
+    model = build_model(config)
+    # input -> hidden, hidden -> hidden (RLeaky's own, on the layer's last spikes), -> output
+    assert [tuple(s.weight.shape) for s in model.synapses()] == [(32, 784), (32, 32), (10, 32)]
+    assert model.neuron_shapes == [(32,), (10,)]
+    generator = torch.Generator().manual_seed(1)
+    split = Split((torch.rand(16, 784, generator=generator) > 0.7).float() * 0.5,
+                  torch.arange(16) % 10)  # fmt: skip
+    metrics = evaluate(model, split, config)
+    ops = [metrics[f"synops/synapse{i}"] for i in (1, 2, 3)]
+    assert ops[1] > 0 and "synops/synapse4" not in metrics
+    assert sum(ops) == pytest.approx(
+        metrics["synops_effective_macs"] + metrics["synops_effective_acs"]
+    )
 
 
 BAD = {
@@ -236,7 +262,8 @@ def test_a_study_of_a_module_outside_the_repository_saves_weights_that_load_back
     assert "model_args.width" in (reports / "mine" / "configurations.csv").read_text()
     assert (reports / "mine" / "activity_per_layer.png").stat().st_size > 10_000
     layers = {k for k in logged.metrics if "/" in k}
-    assert layers == {f"{kind}/layer{i}" for kind in ("firing_rate", "synops") for i in (1, 2)}
-    assert sum(logged.metrics[f"synops/layer{i}"] for i in (1, 2)) == pytest.approx(
+    expected = {f"firing_rate/layer{i}" for i in (1, 2)} | {f"synops/synapse{i}" for i in (1, 2)}
+    assert layers == expected
+    assert sum(logged.metrics[f"synops/synapse{i}"] for i in (1, 2)) == pytest.approx(
         logged.metrics["synops_effective_macs"] + logged.metrics["synops_effective_acs"]
     )

@@ -429,14 +429,14 @@ def activity_per_layer(data: StudyData) -> list[Figure]:
         return []
     long = runs.melt(id_vars=["config", "seed"], value_vars=columns).dropna(subset=["value"])
     long[["kind", "layer"]] = long["variable"].str.split("/", expand=True)
-    long["layer"] = long["layer"].str.removeprefix("layer").astype(int)
+    long["layer"] = long["layer"].str.extract(r"(\d+)$", expand=False).astype(int)
     configs = long["config"].nunique()
     fig, axes = plt.subplots(1, 2, figsize=(11.0, 4.2))
-    for ax, (kind, title) in zip(axes, LAYER_METRICS.items(), strict=True):
+    for ax, (kind, (unit, title)) in zip(axes, LAYER_METRICS.items(), strict=True):
         part = long[long["kind"] == kind]
         sns.barplot(part, x="layer", y="value", hue="config", errorbar="sd", ax=ax,
                     palette="tab10" if configs <= 10 else "viridis")  # fmt: skip
-        ax.set_xlabel("layer (in the order the network runs them)")
+        ax.set_xlabel(f"{unit} (in the order the network runs them)")
         ax.set_ylabel(title)
         legend = ax.get_legend()
         if legend is not None and (ax is axes[0] or configs > 12):
@@ -447,8 +447,8 @@ def activity_per_layer(data: StudyData) -> list[Figure]:
     caption = (
         "Left: the share of neuron-steps with a spike in each layer of neurons over the test "
         "set (the last layer is the output). Right: effective synaptic operations (MACs + ACs) "
-        "of each synapse per test sample: the synapse into layer k. Bars: mean over the seeds; "
-        "whiskers: their standard deviation."
+        "of each synapse per test sample (in a chain, synapse k feeds layer k). Bars: mean over "
+        "the seeds; whiskers: their standard deviation."
     )
     return [Figure("activity_per_layer", "Activity per layer", caption, fig)]
 

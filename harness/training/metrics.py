@@ -53,11 +53,16 @@ OBJECTIVE_METRICS = tuple(name for name, spec in METRICS.items() if spec.objecti
 EFFICIENCY_METRICS = tuple(name for name, spec in METRICS.items() if spec.efficiency)
 
 # Per layer, logged beside the table's metrics (MLflow groups them by the part before "/"):
-# each layer of neurons' firing rate, and each synapse's effective operations (MACs + ACs) per
-# test sample, numbered from 1 in the order the network runs them.
-LAYER_METRICS = {"firing_rate": "firing rate", "synops": "effective synops per sample"}
+# each layer of neurons' firing rate (firing_rate/layerK), and each synapse's effective
+# operations (MACs + ACs) per test sample (synops/synapseK), numbered from 1 in the order the
+# network runs them. In a chain (the built-in networks) synapse K feeds layer K; a network of
+# your own may have more synapses than layers (a recurrent layer's own weights).
+LAYER_METRICS = {
+    "firing_rate": ("layer", "firing rate"),
+    "synops": ("synapse", "effective synops per sample"),
+}
 
 
-def layer_metric(kind: str, layer: int) -> str:
-    """The MLflow name of a per-layer metric: `firing_rate/layer2`."""
-    return f"{kind}/layer{layer}"
+def layer_metric(kind: str, number: int) -> str:
+    """The MLflow name of a per-layer metric: `firing_rate/layer2`, `synops/synapse1`."""
+    return f"{kind}/{LAYER_METRICS[kind][0]}{number}"
