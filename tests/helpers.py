@@ -38,6 +38,11 @@ TINY = {
 }  # fmt: skip
 
 
+# Runs of a few seconds (snnTorch's loop, about 30 iterations), so that a signal, a pause or a
+# kill sent once a run has started lands in its training.
+SLOW = {"backend": "reference", "train_subset": 4000, "hidden": 300, "num_steps": 25}
+
+
 def write_study(folder: Path, name: str, **fields) -> Path:
     body = {"name": name, "base": {**TINY, **fields.pop("base", {})}, **fields}
     path = folder / f"{name}.yaml"

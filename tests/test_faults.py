@@ -25,6 +25,7 @@ from harness.study.table import summary_rows
 from harness.study.tags import FAILED_TAG
 from tests.helpers import (
     ROOT,
+    SLOW,
     pause_between_writes,
     run_cli,
     seed_runs,
@@ -206,9 +207,6 @@ def test_two_workers_run_exactly_n_trials_of_a_search(tmp_path, mnist_dir):
     assert len(runs) == 5 and {r.info.status for r in runs} == {"FINISHED"}
 
 
-SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
-
-
 @pytest.mark.mnist
 @pytest.mark.processes
 @pytest.mark.parametrize(("how", "code"), [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
@@ -362,9 +360,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_training_is_one_line_and_fails_run_and_trial(
     tmp_path, mnist_dir, small_disk
 ):
-    path = write_study(
-        tmp_path, "full", base={**SLOW, "train_subset": 19200}, space={"beta": [0.8]}
-    )  # fmt: skip
+    path = write_study(tmp_path, "full", base=SLOW, space={"beta": [0.8]})
     out = small_disk / "out"
     process = start_study(path, out, mnist_dir)
     run_id = wait_for_running_run(out, "full")

@@ -16,6 +16,7 @@ from harness.config import load_study
 from harness.errors import ConfigError
 from tests.helpers import (
     ROOT,
+    SLOW,
     chromium_page,
     free_port,
     run_cli,
@@ -233,9 +234,6 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
         server.wait(timeout=60)
     with pytest.raises(OSError):  # stopping the UI stopped the server it started
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-
-
-SLOW = {"backend": "reference", "train_subset": 6400, "hidden": 300, "num_steps": 25}
 
 
 @pytest.mark.mnist
