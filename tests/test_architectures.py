@@ -1,6 +1,7 @@
 """The architecture axis: tutorial 5's mlp of any depth and tutorial 6's csnn, trained by the
 same loop, logged and compared by the same study."""
 
+import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
@@ -10,7 +11,7 @@ from harness.network.model import build_model
 from harness.stores.opening import open_stores
 from harness.study.runner import run_study
 from harness.training.loop import train
-from tests.helpers import seed_runs, stores_of, write_study
+from tests.helpers import run_cli, seed_runs, stores_of, write_study
 
 
 def test_one_hidden_width_is_tutorial_5_however_it_is_written():
@@ -62,3 +63,25 @@ def test_a_study_varies_the_architecture(tmp_path, mnist_dir):
         for run in seed_runs(client, "shapes")
     }
     assert counts == {"mlp": 784 * 30 + 30 + 30 * 20 + 20 + 20 * 10 + 10, "csnn": 29826}
+
+
+@pytest.mark.mnist
+@pytest.mark.processes
+def test_a_grid_of_hidden_widths_runs_quietly_and_resumes(tmp_path, mnist_dir):
+    path = write_study(
+        tmp_path, "depths", space={"hidden": [[12, 8], 16]},
+        base={"backend": "reference", "num_steps": 4},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    args = ["study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir)]
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr  # Optuna's about lists as choices: they persist
+    again = run_cli(*args)  # the stored lists read back as the grid's points
+    assert again.returncode == 0 and "nothing left to train" in again.stdout, again.stdout
+    study = optuna.load_study(study_name="depths", storage=open_stores(out).storage)
+    assert sorted(map(str, (t.params["hidden"] for t in study.trials))) == ["16", "[12, 8]"]
+    reports = tmp_path / "reports"  # and the report draws the widths as categories
+    done = run_cli("report", str(path), "--output-dir", str(out), "--reports-dir", str(reports))
+    assert done.returncode == 0, done.stderr
+    assert "hidden=[12, 8]" in (reports / "depths" / "configurations.csv").read_text()

@@ -113,6 +113,9 @@ def load(config: StudyConfig, study: optuna.Study | None, client: MlflowClient) 
     frame = pd.DataFrame.from_records(records)
     if not frame.empty:
         frame = frame.sort_values(["trial", "seed"]).reset_index(drop=True)
+    for key in keys:  # a setting with list values (hidden: [500, 250]): categories as text
+        if key in frame and frame[key].map(lambda v: isinstance(v, list)).any():
+            frame[key] = frame[key].map(str)
     curve_frame = pd.DataFrame.from_records(
         curves, columns=["run_id", "config", "seed", "metric", "iteration", "value"]
     )

@@ -4,6 +4,7 @@ of an adaptive grid."""
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -54,7 +55,14 @@ def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
     for key, space in config.space.items():
         if isinstance(space, list | Choices):
             options = space.choices if isinstance(space, Choices) else space
-            params[key] = trial.suggest_categorical(key, options)
+            with warnings.catch_warnings():
+                # Optuna warns that a list (mlp's hidden widths) may not persist; its journal
+                # and RDB storages keep choices as JSON, where a list round-trips (a resumed
+                # grid of hidden lists: tests/test_architectures.py).
+                warnings.filterwarnings(
+                    "ignore", "Choices for a categorical distribution", UserWarning
+                )
+                params[key] = trial.suggest_categorical(key, options)
         elif key in INT_KEYS:
             step = int(space.step or 1)
             params[key] = trial.suggest_int(
