@@ -364,7 +364,7 @@ def _dry_run_models(config: StudyConfig) -> None:
         ]
     seen = []
     for point in points:
-        run = config.run_config(point, config.seed_list[0]).model_copy(update={"seed": 0})
+        run = config.run_config(point, seed=0)
         if run not in seen:
             seen.append(run)
             dry_run(run)

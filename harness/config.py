@@ -209,8 +209,8 @@ class RunConfig(BaseModel):
             if self.model_args:
                 raise ValueError("model_args are the keywords of a model's factory: set model")
             return self
-        defaults = {"architecture": DEFAULT_ARCHITECTURE, "hidden": 1000}
-        given = [k for k, v in defaults.items() if getattr(self, k) != v]
+        built_in = ("architecture", "hidden")
+        given = [k for k in built_in if getattr(self, k) != type(self).model_fields[k].default]
         if given:
             raise ValueError(
                 f"{' and '.join(given)} {'describe' if len(given) > 1 else 'describes'} the "
@@ -400,18 +400,19 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
         data = read_yaml(path)
         values = dict(data.get("base") or {}) if "base" in data else data
         source = str(path)
-    importable_from(path.parent if path is not None else Path.cwd())
     set_values = parse_overrides(overrides or [])
     values = with_params(values, set_values)
+    if values.get("model"):
+        importable_from(path.parent if path is not None else Path.cwd())
     return make_run_config(values, source if not set_values else f"{source} with --set")
 
 
 def importable_from(folder: Path) -> None:
-    """Let a model of your own be imported from `folder` (a study file's, first on
-    sys.path)."""
+    """Let a model of your own be imported from `folder` (a study file's). It goes last on
+    sys.path: a file there never shadows a module the harness imports."""
     entry = str(folder.resolve())
     if entry not in sys.path:
-        sys.path.insert(0, entry)
+        sys.path.append(entry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -833,7 +834,8 @@ def load_study(name_or_path: str, studies_dir: Path = Path("studies")) -> StudyC
     except ValidationError as err:
         single = "objective" in data and "objectives" not in data
         raise ConfigError(_format_study_error(err, str(path), single)) from None
-    importable_from(path.parent)
+    if study.base.get("model"):
+        importable_from(path.parent)
     if study.name != path.stem:  # the name keys the stores and reports/NAME: one name each
         raise ConfigError(
             f"{path}: name '{study.name}' differs from the file's name '{path.stem}' "

@@ -56,7 +56,7 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
         ids = trial.user_attrs["mlflow_run_ids"]
         assert len(ids) == 2
         parent = parents[trial.user_attrs["mlflow_parent_run_id"]]
-        assert parent.info.run_name == f"grid/t{trial.number:03d} beta={trial.params['beta']}"
+        assert parent.info.run_name == f"t{trial.number:03d} beta={trial.params['beta']}"
         assert parent.data.params["beta"] == str(trial.params["beta"])
         assert "seed" not in parent.data.params
         accuracies = [by_id[i].data.metrics["test_accuracy"] for i in ids]
@@ -79,7 +79,7 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
                 ("mnist-train-640", checksum, "training"),
                 ("mnist-test-300", checksum, "evaluation"),
             }
-            assert run.info.run_name == f"grid/t{trial.number:03d}/s{seed}"
+            assert run.info.run_name == f"beta={trial.params['beta']} seed {seed}"
             assert run.data.tags["harness.trial"] == str(trial.number)
             assert run.data.tags["harness.seed"] == str(seed)
             assert run.data.params["beta"] == str(trial.params["beta"])
@@ -209,26 +209,33 @@ def test_ui_shows_configurations_with_their_seeds_and_the_description(tmp_path, 
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
+        link = f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning"
+        assert link in server.stdout.readline()  # the model-training view, not GenAI's
         base = f"http://127.0.0.1:{port}"
         experiments = wait_for_json(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui"
         )
         experiment_id = experiments["experiment"]["experiment_id"]
+        tags = {t["key"]: t["value"] for t in experiments["experiment"]["tags"]}
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
         with chromium_page(1600, 1000) as page:
-            page.goto(f"{base}/#/experiments/{experiment_id}/runs")
-            parent = page.get_by_text("ui/t000 beta=0.8", exact=True)
+            page.goto(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+            parent = page.get_by_text("t000 beta=0.8", exact=True)
             parent.wait_for(timeout=90_000)
-            assert page.get_by_text("ui/t001 beta=0.9", exact=True).is_visible()
+            assert page.get_by_text("t001 beta=0.9", exact=True).is_visible()
+            # the model-training view (without the link's workflowType: GenAI's, whose side bar
+            # lists Observability and Prompts & versions)
+            assert page.get_by_text("Observability").count() == 0
+            assert page.get_by_text("Prompts & versions").count() == 0
             assert page.get_by_text("Two betas, two seeds each").first.is_visible()
             assert page.get_by_text("mnist-train-640").first.is_visible()  # Dataset column
             assert page.get_by_text("6 matching runs").is_visible()
-            assert page.get_by_text("ui/t000/s1").count() == 0  # seeds folded under it
+            assert page.get_by_text("beta=0.8 seed 1").count() == 0  # seeds folded under it
             cell = parent.locator("xpath=ancestor::*[@role='gridcell'][1]")
             cell.locator("button").first.click()  # unfold the configuration
-            page.get_by_text("ui/t000/s1", exact=True).wait_for(timeout=30_000)
-            assert page.get_by_text("ui/t000/s0", exact=True).is_visible()
-            assert page.get_by_text("ui/t001/s0").count() == 0
+            page.get_by_text("beta=0.8 seed 1", exact=True).wait_for(timeout=30_000)
+            assert page.get_by_text("beta=0.8 seed 0", exact=True).is_visible()
+            assert page.get_by_text("beta=0.9 seed 0").count() == 0
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -240,9 +240,18 @@ def _finished_seeds(study: optuna.Study, params: dict[str, Any]) -> dict[int, di
     return found
 
 
-def _adopt(
-    client: MlflowClient, run: dict[str, Any], trial: optuna.Trial, name: str, parent: str
-) -> None:
+def parent_run_name(number: int, params: dict[str, Any]) -> str:
+    """A configuration's MLflow run: "t003 beta=0.9" (the experiment names the study; short,
+    so that MLflow's runs table does not cut what tells runs apart)."""
+    return f"t{number:03d} {params_text(params)}"
+
+
+def seed_run_name(params: dict[str, Any], seed: int) -> str:
+    """A seed's MLflow run, shown under its configuration's: "beta=0.9 seed 1"."""
+    return f"{params_text(params)} seed {seed}"
+
+
+def _adopt(client: MlflowClient, run: dict[str, Any], trial: optuna.Trial, parent: str) -> None:
     """Make a finished run of a failed trial a run (a child) of `trial`."""
     run_id = run["run_id"]
     client.set_tag(run_id, TRIAL_TAG, str(trial.number))
@@ -250,7 +259,7 @@ def _adopt(
     client.set_tag(run_id, "mlflow.parentRunId", parent)
     if FAILED_TAG in client.get_run(run_id).data.tags:
         client.delete_tag(run_id, FAILED_TAG)
-    client.update_run(run_id, name=f"{name}/t{trial.number:03d}/s{run['seed']}")
+    client.update_run(run_id, name=seed_run_name(trial.params, int(run["seed"])))
 
 
 def run_trial(
@@ -310,7 +319,7 @@ def run_trial(
             parent = start_parent_run(
                 client,
                 experiment,
-                f"{config.name}/t{trial.number:03d} {params_text(params)}",
+                parent_run_name(trial.number, params),
                 tags,
                 {k: v for k, v in first.model_dump().items() if k != "seed"},
                 _inputs(_subset(dataset, first)),
@@ -324,7 +333,7 @@ def run_trial(
                 if heartbeat.taken.is_set():
                     raise TrialTaken
                 if seed in reusable:
-                    _adopt(client, reusable[seed], trial, config.name, parent or shared)
+                    _adopt(client, reusable[seed], trial, parent or shared)
                     if wilcoxon:
                         trial.report(reusable[seed][config.objective.metric], step=seed)
                     runs.append(reusable[seed])
@@ -337,7 +346,7 @@ def run_trial(
                 logger = RunLogger(
                     client,
                     experiment,
-                    f"{config.name}/t{trial.number:03d}/s{seed}",
+                    seed_run_name(params, seed),
                     {**tags, SEED_TAG: seed},
                     parent_run_id=parent or shared,
                 )

@@ -105,9 +105,19 @@ def experiment_id(
     return experiment.experiment_id
 
 
+# MLflow 3's UI opens an experiment in the mode this tag names; without it, an experiment
+# with no runs yet opens in "GenAI" mode, with its assistant panel. The UI reads the tag
+# "mlflow.experimentKind" (its bundle, mlflow/server/js/build: ExperimentKind
+# CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"; MLflow's own demo data sets
+# "genai_development" the same way, mlflow/demo/generators/traces.py).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_tags(description: str, metric: str, direction: str) -> dict[str, str]:
-    """What MLflow's UI shows of an experiment: its description and primary metric."""
+    """What MLflow's UI shows of an experiment: its description and primary metric, and the
+    model-training mode it opens in."""
     return {
+        EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
         "mlflow.note.content": description.strip(),
         "mlflow.experiment.primaryMetric.name": metric,
         "mlflow.experiment.primaryMetric.greaterIsBetter": str(direction == "maximize").lower(),

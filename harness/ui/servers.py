@@ -12,6 +12,8 @@ import time
 from harness.errors import ConfigError
 from harness.stores.urls import check_store_urls
 
+MODEL_TRAINING_VIEW = "machine_learning"  # MLflow's UI: WorkflowType.MACHINE_LEARNING
+
 
 def serve_ui(args: argparse.Namespace) -> int:
     import os
@@ -26,7 +28,9 @@ def serve_ui(args: argparse.Namespace) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 1
     tracking_uri = args.tracking_uri or default_tracking_uri(resolve_output_dir(args.output_dir))
-    url = f"http://{args.host}:{args.port}"
+    # MLflow 3.17 opens in its GenAI view unless the link asks for the model-training one
+    # (its UI reads `workflowType` from the link, else the browser's last choice, else genai).
+    url = f"http://{args.host}:{args.port}/#/experiments?workflowType={MODEL_TRAINING_VIEW}"
     print(f"MLflow UI on {tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
