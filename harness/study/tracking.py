@@ -190,15 +190,20 @@ def finish_parent_run(
     client: MlflowClient, run_id: str, runs: list[dict[str, Any]], status: str, message: str = ""
 ) -> None:
     """End a configuration's parent run: the mean and sd over its finished seeds of every
-    final metric (`test_accuracy_mean`, `test_accuracy_sd`, ...), and how it ended."""
+    final metric (`test_accuracy_mean`, `test_accuracy_sd`, ..., rounded for display: the
+    statistics read the seeds' runs), and how it ended."""
     finished = [run for run in runs if run.get("status") == "finished"]
     metrics = [Metric("seeds", float(len(finished)), _now_ms(), 0)]
     for key in METRICS:
         values = [float(run[key]) for run in finished if key in run]
         if values:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            metrics.append(Metric(f"{key}_mean", statistics.fmean(values), _now_ms(), 0))
-            metrics.append(Metric(f"{key}_sd", sd, _now_ms(), 0))
+            # two decimals beyond the table's: MLflow's UI shows a float32 mean as 0.93549999
+            digits = METRICS[key].digits + 2
+            metrics.append(
+                Metric(f"{key}_mean", round(statistics.fmean(values), digits), _now_ms(), 0)
+            )
+            metrics.append(Metric(f"{key}_sd", round(sd, digits), _now_ms(), 0))
     tags = [RunTag(STATUS_TAG, status)]
     if message:
         tags.append(RunTag(MESSAGE_TAG, message[:5000]))
