@@ -48,11 +48,12 @@ report:
 compare:
 	$(BIN)/python -m harness compare $(A) $(B) $(ARGS)
 
+# A server ends by a stop signal (exit 128 + the signal's number): that is no error of make's.
 ui:
-	$(BIN)/python -m harness ui $(ARGS)
+	$(BIN)/python -m harness ui $(ARGS) || [ $$? -gt 128 ]
 
 dashboard:
-	$(BIN)/python -m harness dashboard $(ARGS)
+	$(BIN)/python -m harness dashboard $(ARGS) || [ $$? -gt 128 ]
 
 bench:
 	$(BIN)/python -m harness bench $(ARGS)

@@ -1,6 +1,7 @@
 """`harness ui`: a bad or busy port is one line before anything starts; a stop signal
 (SIGHUP when its terminal closes, SIGTERM, SIGINT) ends the MLflow server's whole process
-group and exits 128 + the signal; a server that dies by itself makes the UI fail."""
+group and exits 128 + the signal (which `make ui` takes as the normal end); a server that
+dies by itself makes the UI fail."""
 
 import signal
 import socket
@@ -91,3 +92,31 @@ def test_a_stop_signal_ends_the_whole_server(how, tmp_path):
     with socket.socket() as sock:  # and nothing holds the port any more
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.processes
+def test_make_ui_stopped_by_a_signal_is_no_error_of_make_s(tmp_path):
+    port = free_port()
+    make = subprocess.Popen(
+        ["make", "ui", f"ARGS=--port {port} --output-dir {tmp_path / 'out'}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _answers(port):
+            assert make.poll() is None and time.monotonic() < deadline, "the UI never served"
+            time.sleep(0.5)
+        ui = subprocess.run(  # the harness process, not make or its shell
+            ["pgrep", "-f", f"^.venv/bin/python -m harness ui --port {port} "],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        assert len(ui) == 1
+        subprocess.run(["kill", "-TERM", ui[0]], check=True)
+        out, _ = make.communicate(timeout=60)
+    finally:
+        if make.poll() is None:
+            make.kill()
+            make.wait()
+    assert make.returncode == 0, out
+    assert "stopped by SIGTERM" in out and "Error" not in out and "Warning" not in out
+    assert "workflowType=machine_learning" in out

@@ -34,11 +34,18 @@ def serve_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on {tracking_uri}: {url} (Ctrl-C stops it)", flush=True)
     command = [
         sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+        "--registry-store-uri", tracking_uri,  # (said, or MLflow prints that it assumed it)
         "--host", args.host, "--port", str(args.port), "--workers", "1",
     ]  # fmt: skip
     # MLflow 3.17 otherwise starts seven job-consumer processes (~285 MiB each) for features
-    # the harness never uses.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # the harness never uses; the deprecation warnings it prints are for MLflow's developers.
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "PYTHONWARNINGS": os.environ.get(
+            "PYTHONWARNINGS", "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi"
+        ),
+    }
     # A stop signal (SIGHUP: its terminal closed) is only recorded; the loop below acts on it,
     # so it never lands half-way through starting or stopping the server.
     interrupt.install()
