@@ -1,5 +1,6 @@
 """Studies through the CLI, at smoke scale, against real Optuna and MLflow stores."""
 
+import re
 import signal
 import statistics
 import subprocess
@@ -37,7 +38,15 @@ def test_grid_runs_each_point_once_and_links_trials_to_runs(tmp_path, mnist_dir)
     done = run_cli("study", str(path), "--output-dir", str(out), "--data-dir", str(mnist_dir))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("trial ") >= 2 and "test accuracy" in done.stdout
+    for beta in (0.8, 0.95):  # a line a seed's run as it ends, then the configuration's
+        seed_lines = [x for x in done.stdout.splitlines() if x.startswith(f"  beta={beta} seed")]
+        assert [x.split(":")[0] for x in seed_lines] == [f"  beta={beta} seed {s}" for s in (0, 3)]
+        assert all(
+            re.search(r": test_accuracy 0\.\d{4} \(train \d+\.\d s\)$", x) for x in seed_lines
+        )
     assert sorted(p.name for p in out.glob("mlflow.db*")) == ["mlflow.db"]  # log checkpointed
+    experiment_tags = stores_of(out)[1].get_experiment_by_name("grid").tags
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
 
     stores, client = stores_of(out)
     study = optuna.load_study(study_name="grid", storage=stores.storage)

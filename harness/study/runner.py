@@ -370,6 +370,8 @@ def run_trial(
                     {"seed": seed, "run_id": run_ids[-1], "status": result.status} | result.metrics
                 )
                 trial.set_user_attr("runs", runs)
+                if len(seeds) > 1:  # a line a run: minutes of silence tell nothing
+                    print(_seed_line(config, params, seed, result), flush=True)
                 if wilcoxon and result.status == "finished":
                     trial.report(result.metrics[config.objective.metric], step=seed)
                     if trial.should_prune():
@@ -516,6 +518,17 @@ def run_study(
     if config.adaptive is not None and (max_trials is None or done < max_trials):
         tag_stopped(study, config, client)
     return study
+
+
+def _seed_line(config: StudyConfig, params: dict[str, Any], seed: int, result: Any) -> str:
+    """One seed's run as it ends, named as its MLflow run:
+    "  beta=0.9 seed 1: test_accuracy 0.9402 (train 61.3 s)"."""
+    head = f"  {seed_run_name(params, seed)}"
+    seconds = result.metrics.get("train_seconds", float("nan"))
+    if result.status != "finished":
+        return f"{head}: {result.status} {result.message} (train {seconds:.1f} s)"
+    values = " ".join(f"{name} {result.metrics[name]:.4f}" for name in config.metric_names)
+    return f"{head}: {values} (train {seconds:.1f} s)"
 
 
 def _trial_line(config: StudyConfig, trial: optuna.trial.FrozenTrial, seconds: float) -> str:
