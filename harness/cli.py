@@ -250,6 +250,10 @@ def _train(args: argparse.Namespace) -> int:
         save_weights(result.state_dict, weights, config)
         print(f"weights: {weights} (run config: {weights.with_suffix('.yaml')})")
         summary["weights"] = str(weights)
+    print(
+        "not stored in MLflow or Optuna: `harness train` is one run for a look; a study keeps its "
+        "runs (a study file with one configuration: `make study NAME=tutorial5`)"
+    )
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status == "finished" else 1

@@ -81,6 +81,7 @@ def test_cli_trains_on_real_mnist_and_prints_json_last(mnist_dir):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["iterations"] == 30
+    assert "not stored in MLflow or Optuna" in done.stdout  # says where its result went
     assert summary["config"]["decoding"] == "latency" and summary["backend"] == "fused"
     assert summary["test_accuracy"] == summary["latency_accuracy"] > 0.5
     assert 0 < summary["rate_accuracy"] <= 1 and summary["test_loss"] > 0
