@@ -79,9 +79,10 @@ def test_a_grid_of_hidden_widths_runs_quietly_and_resumes(tmp_path, mnist_dir):
     assert "Warning" not in done.stderr  # Optuna's about lists as choices: they persist
     again = run_cli(*args)  # the stored lists read back as the grid's points
     assert again.returncode == 0 and "nothing left to train" in again.stdout, again.stdout
+    assert "Warning" not in again.stderr
     study = optuna.load_study(study_name="depths", storage=open_stores(out).storage)
     assert sorted(map(str, (t.params["hidden"] for t in study.trials))) == ["16", "[12, 8]"]
     reports = tmp_path / "reports"  # and the report draws the widths as categories
     done = run_cli("report", str(path), "--output-dir", str(out), "--reports-dir", str(reports))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
     assert "hidden=[12, 8]" in (reports / "depths" / "configurations.csv").read_text()

@@ -149,10 +149,13 @@ def test_pdf_has_a_page_per_figure_with_text(tiny_study):
     assert {"accuracy_vs_beta", "accuracy_vs_decoding", "accuracy_vs_num_steps", "loss_curves",
             "heatmap_beta_decoding", "rate_vs_latency"} <= set(figures)  # fmt: skip
     reader = PdfReader(page.parent / "report.pdf")
-    assert len(reader.pages) == 1 + 2 + len(figures)  # summary, two tables, figures
-    assert "Study tiny" in reader.pages[0].extract_text()
-    assert "difference vs best" in reader.pages[2].extract_text()
-    titles = [reader.pages[i].extract_text() for i in range(3, len(reader.pages))]
+    texts = [p.extract_text() for p in reader.pages]
+    assert "Study tiny" in texts[0]
+    tables = [i for i, t in enumerate(texts) if i and "Configurations" in t]
+    versus = [i for i, t in enumerate(texts) if "difference vs best" in t]
+    assert tables == list(range(1, 1 + len(tables))) and versus == [1 + len(tables)]
+    assert len(reader.pages) == 2 + len(tables) + len(figures)  # summary, tables, figures
+    titles = texts[2 + len(tables) :]
     assert any("Train and test loss curves" in t for t in titles)
     assert any("Rate against latency decoding" in t for t in titles)
 
@@ -246,3 +249,43 @@ def test_a_fresh_beta_grid_reports_the_paired_test_mlflow_numbers_give(tmp_path,
         )
         assert entry["test"] == "paired" and entry["pairs"] == 3
         assert entry["p"] == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def test_a_wide_long_table_is_laid_out_readable_on_pdf_pages(tmp_path):
+    """The configurations table of a search with many metrics: split into pages by columns
+    (the configuration's columns repeated) and rows; drawn, no cell's text leaves its cell or
+    its page, every cell is on some page, and the PDF's text holds each of them."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from harness.report.render import pdf_table_pages
+
+    columns = ["configuration", "seeds", "vs best"] + [f"metric number {i}" for i in range(16)]
+    rows = [
+        [f"beta={0.5 + i / 100:.2f} decoding=latency", "3", "no difference > 0.0123 detected"]
+        + [f"{1000 * i + j:,}.1234 ± 12.3456 (CI ±98.7654)" for j in range(16)]
+        for i in range(30)
+    ]
+    pages = pdf_table_pages(columns, rows, ["a note under the table"])
+    assert len(pages) >= 4  # 2 column groups x 2 row pages at least
+    seen = set()
+    for page in pages:
+        page.canvas.draw()
+        renderer = page.canvas.get_renderer()
+        bounds = page.bbox
+        (table,) = page.axes[0].tables
+        for (r, k), cell in table.get_celld().items():
+            box, text = cell.get_window_extent(renderer), cell.get_text()
+            inner = text.get_window_extent(renderer)
+            assert box.x0 >= bounds.x0 and box.x1 <= bounds.x1 and box.y0 >= bounds.y0, (r, k)
+            assert inner.x0 >= box.x0 - 0.5 and inner.x1 <= box.x1 + 0.5, text.get_text()
+            assert inner.y0 >= box.y0 - 0.5 and inner.y1 <= box.y1 + 0.5, text.get_text()
+            seen.add(text.get_text().replace("\n", " "))
+    every = {c for c in columns} | {c for row in rows for c in row}
+    assert {" ".join(c.split()) for c in every} <= {" ".join(c.split()) for c in seen}
+    path = tmp_path / "table.pdf"
+    with PdfPages(path) as pdf:
+        for page in pages:
+            pdf.savefig(page)
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(path).pages)
+    for row in rows:
+        assert row[0] in text and row[-1].split(" (")[0] in text

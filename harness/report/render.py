@@ -232,8 +232,8 @@ def _pdf(
     path: Path, summary: dict[str, str], tables, figure_list, missing, front=(), notes=()
 ) -> None:
     """A summary page (with several objectives, the Pareto-optimal configurations listed:
-    `front`, rows of `pareto_rows`), a page per table (`tables`: (columns, rows) pairs, with
-    `notes` below the last), then a page per figure."""
+    `front`, rows of `pareto_rows`), the tables (`tables`: (title, columns, rows), with
+    `notes` below the last; as many pages as each needs), then a page per figure."""
     with PdfPages(path) as pdf:
         page = plt.figure(figsize=(11.7, 8.3))
         lines = [f"Study {summary['name']}", "", summary["description"], ""]
@@ -247,10 +247,10 @@ def _pdf(
         page.text(0.04, 0.96, "\n".join(lines), va="top", fontsize=9, wrap=True)
         pdf.savefig(page)
         plt.close(page)
-        for number, (columns, rows) in enumerate(tables):
+        for number, (title, columns, rows) in enumerate(tables):
             if rows:
                 last = number == len(tables) - 1
-                _pdf_table(pdf, columns, rows, list(notes) if last else [])
+                _pdf_table(pdf, title, columns, rows, list(notes) if last else [])
         for figure in figure_list:
             figure.figure.suptitle(figure.title, fontsize=11)
             figure.figure.text(0.01, 0.005, figure.caption, fontsize=7, wrap=True, va="bottom")
@@ -260,20 +260,123 @@ def _pdf(
         info["Title"] = f"Study {summary['name']}"
 
 
-def _pdf_table(pdf: PdfPages, columns: list[str], rows: list[list[str]], notes: list[str]) -> None:
-    """One landscape page holding a table, its columns sized to their text."""
-    page = plt.figure(figsize=(11.7, 8.3))
-    height = min(0.85, 0.05 * (len(rows) + 1))
-    ax = page.add_axes((0.03, 0.93 - height, 0.94, height))
-    ax.axis("off")
-    table = ax.table(cellText=rows, colLabels=columns, loc="upper center", cellLoc="right")
-    table.auto_set_font_size(False)
-    table.set_fontsize(7)
-    table.auto_set_column_width(list(range(len(columns))))
-    if notes:
-        page.text(0.04, 0.9 - height, "\n".join(notes), va="top", fontsize=7, wrap=True)
-    pdf.savefig(page)
-    plt.close(page)
+PDF_PAGE = (11.7, 8.3)  # A4 landscape, inches
+PDF_MARGIN = 0.35  # inches on every side
+PDF_FONT = 7  # points
+PDF_NOTES = 0.9  # inches kept under a table for its notes
+CELL_PAD = 6.0  # points of space left and right of a cell's text
+
+
+def _pdf_table(
+    pdf: PdfPages, title: str, columns: list[str], rows: list[list[str]], notes: list[str]
+) -> None:
+    """The table on as many pages as it needs (`pdf_table_pages`), notes under the last."""
+    for page in pdf_table_pages(columns, rows, notes, title):
+        pdf.savefig(page)
+        plt.close(page)
+
+
+def _lines(text: str, longest: int) -> list[str]:
+    """A cell's lines: "mean ± sd (CI ±h)" as "mean ± sd" over "(CI ±h)"; text longer than
+    `longest` characters in two at a space near its middle."""
+    if " (CI " in text:
+        head, _, tail = text.partition(" (CI ")
+        return [head, f"(CI {tail}"]
+    if len(text) > longest and " " in text:
+        cut = text.rfind(" ", 0, len(text) // 2 + 4)
+        cut = cut if cut > 0 else text.find(" ")
+        return [text[:cut], text[cut + 1 :]]
+    return [text]
+
+
+def pdf_table_pages(
+    columns: list[str], rows: list[list[str]], notes: list[str], title: str = "Configurations"
+) -> list[Any]:
+    """The table laid out for A4 landscape pages, as matplotlib figures: the columns that name
+    a configuration (up to "vs best" and "Pareto") on every page, the metrics in groups as wide
+    as the page; as many rows a page as fit above the notes' room; a cell's mean ± sd over its
+    CI. Every column is
+    as wide as its widest text, measured with the renderer that draws it, so no text runs into
+    its neighbour's cell."""
+    fixed = next((i + 1 for i, c in enumerate(columns) if c in ("vs best", "Pareto")), 1)
+    if "Pareto" in columns:
+        fixed = columns.index("Pareto") + 1
+    cells = [[_lines(c, 14) for c in columns]] + [[_lines(c, 24) for c in row] for row in rows]
+    probe = plt.figure(figsize=PDF_PAGE)
+    renderer = probe.canvas.get_renderer()
+
+    def width(text: str) -> float:  # points
+        extent = probe.text(0, 0, text, fontsize=PDF_FONT).get_window_extent(renderer)
+        return extent.width * 72.0 / probe.dpi
+
+    widths = [
+        max(width(line) for row in cells for line in row[j]) + 2 * CELL_PAD
+        for j in range(len(columns))
+    ]
+    plt.close(probe)
+    usable = (PDF_PAGE[0] - 2 * PDF_MARGIN) * 72.0
+    groups: list[list[int]] = []
+    for j in range(fixed, len(columns)):
+        base = sum(widths[:fixed])
+        if groups and base + sum(widths[k] for k in groups[-1]) + widths[j] <= usable:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    groups = groups or [[]]
+    line_height = PDF_FONT * 1.45 / 72.0  # inches
+    heights_all = [max(len(cell) for cell in row) * line_height + 0.06 for row in cells]
+    # rows a page holds: under the title, above the notes' room
+    room = PDF_PAGE[1] - 2 * PDF_MARGIN - 0.25 - PDF_NOTES - heights_all[0]
+    starts = [0]
+    used = 0.0
+    for i, height in enumerate(heights_all[1:]):
+        if used + height > room and i > starts[-1]:
+            starts.append(i)
+            used = 0.0
+        used += height
+    chunks = [rows[a:b] for a, b in zip(starts, [*starts[1:], len(rows)], strict=True)] or [[]]
+    pages = []
+    for g, group in enumerate(groups):
+        shown = list(range(fixed)) + group
+        for c, chunk in enumerate(chunks):
+            first = starts[c]
+            table_cells = [cells[0]] + cells[1 + first : 1 + first + len(chunk)]
+            heights = [heights_all[0], *heights_all[1 + first : 1 + first + len(chunk)]]
+            page = plt.figure(figsize=PDF_PAGE)
+            total_w = sum(widths[j] for j in shown) / 72.0
+            total_h = sum(heights)
+            left = PDF_MARGIN / PDF_PAGE[0]
+            top = 1 - (PDF_MARGIN + 0.25) / PDF_PAGE[1]
+            ax = page.add_axes(
+                (left, top - total_h / PDF_PAGE[1], total_w / PDF_PAGE[0], total_h / PDF_PAGE[1])
+            )
+            ax.axis("off")
+            part = f" (columns {g + 1} of {len(groups)})" if len(groups) > 1 else ""
+            rows_note = (
+                f", rows {first + 1}-{first + len(chunk)} of {len(rows)}" if len(chunks) > 1 else ""
+            )
+            page.text(left, 1 - PDF_MARGIN / PDF_PAGE[1], f"{title}{part}{rows_note}",
+                      fontsize=9, va="top")  # fmt: skip
+            table = ax.table(
+                cellText=[["\n".join(cell[j]) for j in shown] for cell in table_cells[1:]],
+                colLabels=["\n".join(cells[0][j]) for j in shown],
+                cellLoc="right",
+                colLoc="center",
+                loc="upper left",
+                colWidths=[widths[j] / 72.0 / total_w for j in shown],
+                bbox=(0, 0, 1, 1),
+            )
+            table.auto_set_font_size(False)
+            table.set_fontsize(PDF_FONT)
+            for (r, k), cell in table.get_celld().items():
+                cell.set_height(heights[r] / total_h)
+                cell.PAD = CELL_PAD / widths[shown[k]]  # (a share of the cell's width)
+            last = g == len(groups) - 1 and c == len(chunks) - 1
+            if notes and last:
+                page.text(left, top - total_h / PDF_PAGE[1] - 0.03, "\n".join(notes), va="top",
+                          fontsize=PDF_FONT, wrap=True)  # fmt: skip
+            pages.append(page)
+    return pages
 
 
 def build_report(config: StudyConfig, stores: Stores, out_dir: Path) -> Path:
@@ -354,7 +457,8 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     record = summary_record(data, table)
     (folder / SUMMARY).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     _pdf(
-        folder / "report.pdf", summary, [(columns, rows), (versus_columns, versus)],
+        folder / "report.pdf", summary,
+        [("Configurations", columns, rows), ("Against the best", versus_columns, versus)],
         figure_list, data.missing, front, notes,
     )  # fmt: skip
 

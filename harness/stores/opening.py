@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ from harness.stores.lock import (
 )
 from harness.stores.retry import Retrying, RetryingClient, retrying_storage
 from harness.stores.sqlite import SIDE_FILES, build_database, check_tracking_database, has_tables
+
+# Optuna warns, whenever it builds a categorical distribution (suggesting, or replaying a
+# journal), that a list among the choices (mlp's hidden widths, [500, 250]) may not persist.
+# Its journal and RDB storages keep choices as JSON, where a list round-trips: a grid of hidden
+# lists resumes and reports (tests/test_architectures.py).
+warnings.filterwarnings("ignore", "Choices for a categorical distribution", UserWarning)
 
 # The two stores together --------------------------------------------------------------------
 

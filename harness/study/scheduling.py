@@ -4,7 +4,6 @@ of an adaptive grid."""
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import optuna
@@ -55,14 +54,7 @@ def suggest(trial: optuna.Trial, config: StudyConfig) -> dict[str, Any]:
     for key, space in config.space.items():
         if isinstance(space, list | Choices):
             options = space.choices if isinstance(space, Choices) else space
-            with warnings.catch_warnings():
-                # Optuna warns that a list (mlp's hidden widths) may not persist; its journal
-                # and RDB storages keep choices as JSON, where a list round-trips (a resumed
-                # grid of hidden lists: tests/test_architectures.py).
-                warnings.filterwarnings(
-                    "ignore", "Choices for a categorical distribution", UserWarning
-                )
-                params[key] = trial.suggest_categorical(key, options)
+            params[key] = trial.suggest_categorical(key, options)
         elif key in INT_KEYS:
             step = int(space.step or 1)
             params[key] = trial.suggest_int(
