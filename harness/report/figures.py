@@ -80,7 +80,13 @@ def accuracy_by_parameter(data: StudyData) -> list[Figure]:
             f"Test accuracy of each complete trial against the {param} the sampler chose."
             if search
             else f"Test accuracy after training, against {param}{by}. Faint points are single "
-            "seeds; the line and bars are the mean and standard deviation over seeds."
+            + (
+                "seeds; the line is the mean over seeds and the shaded band one standard "
+                "deviation either side."
+                if _numeric(runs[param])
+                else "seeds; the marker is the mean over seeds and its bar one standard deviation "
+                "either side."
+            )
         )
         figures.append(
             Figure(f"accuracy_vs_{param}", f"Test accuracy against {param}", caption, fig)
