@@ -281,13 +281,18 @@ def test_lower_is_better_for_loss_and_time_and_alpha_changes_the_verdict(stores,
     assert strict["summary"].endswith("at alpha 0.001; 1 only in A, 1 only in B")
 
 
+def _text(cell: str) -> str:
+    """A cell's text as a reader sees it (tags out)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", cell.replace("<br>", " ")))
+
+
 def test_the_page_lists_the_configurations(stores, capsys):
     _ab(stores, capsys)
     folder = stores / "reports" / "compare-alpha-vs-bravo"
     body = (folder / "index.html").read_text()
     table = body[body.index('<table id="comparison">') : body.index("</table>")]
     rows = [
-        [html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)]
+        [_text(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)]
         for r in re.findall(r"<tr>(.*?)</tr>", table, re.S)
     ]
     assert rows[0][:3] == ["configuration", "n A", "A mean ± sd"] and "95 % CI" in rows[0]

@@ -40,12 +40,17 @@ def tiny_study(tmp_path_factory, mnist_dir):
     return config, stores, page
 
 
+def _text(cell: str) -> str:
+    """A cell's text as a reader sees it: its CI under the mean reads "mean ± sd (CI ±h)"."""
+    return html.unescape(re.sub(r"<[^>]+>", "", cell.replace("<br>", " ")))
+
+
 def _table(page: Path, name: str = "configurations") -> list[list[str]]:
     body = page.read_text()
     start = body.index(f'<table id="{name}">')
     table = body[start : body.index("</table>", start)]
     rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
-    return [[html.unescape(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)] for r in rows]
+    return [[_text(c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", r)] for r in rows]
 
 
 @pytest.mark.mnist
@@ -193,6 +198,11 @@ def test_page_renders_in_headless_chromium(tiny_study, tmp_path):
         assert len(images) == len(list(page_path.parent.glob("*.png")))
         assert all(done and width > 0 for done, width in images)
         assert page.locator("#configurations tbody tr").count() == 7
+        # a laptop's width: every cell on its own lines (mean ± sd, then the CI), no wrapping
+        page.set_viewport_size({"width": 1366, "height": 800})
+        cell = page.locator("#configurations tbody tr").first.locator("td").nth(4)
+        line = page.evaluate("parseFloat(getComputedStyle(document.body).lineHeight) || 20")
+        assert cell.locator(".ci").count() == 1 and cell.bounding_box()["height"] < 3 * line
         shot = tmp_path / "report.png"
         page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -289,3 +299,14 @@ def test_a_wide_long_table_is_laid_out_readable_on_pdf_pages(tmp_path):
     text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(path).pages)
     for row in rows:
         assert row[0] in text and row[-1].split(" (")[0] in text
+
+
+def test_descriptions_show_backticks_as_code_and_cells_their_ci_on_a_line_of_its_own():
+    from harness.report.render import _html_cell, _prose
+
+    assert str(_prose("uses `beta` & <b>")) == "uses <code>beta</code> &amp; &lt;b&gt;"
+    assert str(_prose("one ` alone")) == "one ` alone"  # unpaired: as written
+    assert str(_html_cell("0.9412 ± 0.0098 (CI ±0.0103)")) == (
+        '0.9412 ± 0.0098<br><span class="ci">(CI ±0.0103)</span>'
+    )
+    assert str(_html_cell("<3")) == "&lt;3"

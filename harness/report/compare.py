@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import matplotlib.pyplot as plt
 import numpy as np
 import optuna
@@ -34,7 +33,7 @@ from harness.config import MUTABLE_STUDY_KEYS, StudyConfig
 from harness.errors import ConfigError
 from harness.report import figures
 from harness.report.aggregate import StudyData, load
-from harness.report.render import written_aside
+from harness.report.render import html_templates, written_aside
 from harness.stores.layout import redact
 from harness.stores.opening import Stores
 from harness.training.metrics import METRICS
@@ -552,32 +551,31 @@ def build_page(comparison: Comparison, out_dir: Path, command: str = "") -> Path
         with written_aside(out_dir) as staging:
             figures.save_png(chart, staging)
             columns, rows = table_rows(comparison)
-            environment = jinja2.Environment(
-                loader=jinja2.PackageLoader("harness.report", "templates"),
-                autoescape=True,
-                undefined=jinja2.StrictUndefined,
-            )
-            html = environment.get_template("compare.html.j2").render(
-                a=c.a.config.name,
-                b=c.b.config.name,
-                a_description=c.a.config.description.strip(),
-                b_description=c.b.config.description.strip(),
-                header=header_lines(c),
-                notes=c.a.notes + c.b.notes,
-                summary=summary_line(c),
-                columns=columns,
-                rows=rows,
-                alpha=f"{c.alpha:g}",
-                confidence=c.percent,
-                figure={
-                    "file": f"{chart.name}.png",
-                    "title": chart.title,
-                    "caption": chart.caption,
-                },
-                command=redact(command),
-                test=c.test,
-                paired=c.paired,
-                unpaired=c.unpaired,
+            html = (
+                html_templates()
+                .get_template("compare.html.j2")
+                .render(
+                    a=c.a.config.name,
+                    b=c.b.config.name,
+                    a_description=c.a.config.description.strip(),
+                    b_description=c.b.config.description.strip(),
+                    header=header_lines(c),
+                    notes=c.a.notes + c.b.notes,
+                    summary=summary_line(c),
+                    columns=columns,
+                    rows=rows,
+                    alpha=f"{c.alpha:g}",
+                    confidence=c.percent,
+                    figure={
+                        "file": f"{chart.name}.png",
+                        "title": chart.title,
+                        "caption": chart.caption,
+                    },
+                    command=redact(command),
+                    test=c.test,
+                    paired=c.paired,
+                    unpaired=c.unpaired,
+                )
             )
             (staging / "index.html").write_text(html)
             table = c.table.drop(columns=["values_a", "values_b"])

@@ -18,6 +18,7 @@ import jinja2
 import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
+from markupsafe import Markup, escape
 from matplotlib.backends.backend_pdf import PdfPages
 from mlflow.tracking import MlflowClient
 
@@ -421,6 +422,42 @@ def written_aside(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def html_templates(trim: bool = False) -> jinja2.Environment:
+    """The HTML templates (harness/report/templates), escaped, with their filters: `cell`, a
+    table cell whose CI goes on a line of its own, and `prose`, a description whose text in
+    backticks shows as code. `trim`: block tags leave no blank lines (the index's)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("harness.report", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=trim,
+        lstrip_blocks=trim,
+    )
+    environment.filters["cell"] = _html_cell
+    environment.filters["prose"] = _prose
+    return environment
+
+
+def _html_cell(text: Any) -> Markup:
+    """ "0.9412 ± 0.0098 (CI ±0.0103)" as the mean ± sd, the CI under it."""
+    head, found, tail = str(text).partition(" (CI ")
+    if not found:
+        return escape(str(text))
+    return Markup('{}<br><span class="ci">(CI {}</span>').format(head, tail)
+
+
+def _prose(text: Any) -> Markup:
+    """A description, escaped, its `code` in backticks as <code> (unpaired backticks as
+    written)."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:
+        return escape(str(text))
+    return Markup("").join(
+        escape(part) if i % 2 == 0 else Markup("<code>{}</code>").format(part)
+        for i, part in enumerate(parts)
+    )
+
+
 def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_list) -> None:
     for figure in figure_list:
         figures.save_png(figure, folder)
@@ -430,27 +467,27 @@ def _write(folder: Path, data: aggregate.StudyData, table: pd.DataFrame, figure_
     versus_columns, versus = comparison_rows(table, metric) if not table.empty else ([], [])
     notes = comparison_notes(table) if not table.empty else []
     summary = _summary(data, table)
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    html = environment.get_template("report.html.j2").render(
-        **summary,
-        columns=columns,
-        rows=rows,
-        pareto_columns=pareto_columns,
-        pareto=front,
-        versus_columns=versus_columns,
-        versus=versus,
-        versus_notes=notes,
-        objective_label=_label(metric),
-        multi_objective=data.config.multi_objective,
-        first_objective=data.config.objective.metric,
-        missing=data.missing,
-        figures=[
-            {"file": f"{f.name}.png", "title": f.title, "caption": f.caption} for f in figure_list
-        ],
+    html = (
+        html_templates()
+        .get_template("report.html.j2")
+        .render(
+            **summary,
+            columns=columns,
+            rows=rows,
+            pareto_columns=pareto_columns,
+            pareto=front,
+            versus_columns=versus_columns,
+            versus=versus,
+            versus_notes=notes,
+            objective_label=_label(metric),
+            multi_objective=data.config.multi_objective,
+            first_objective=data.config.objective.metric,
+            missing=data.missing,
+            figures=[
+                {"file": f"{f.name}.png", "title": f.title, "caption": f.caption}
+                for f in figure_list
+            ],
+        )
     )
     (folder / "index.html").write_text(html)
     table.to_csv(folder / "configurations.csv", index=False)
@@ -651,14 +688,9 @@ def write_index(reports_dir: Path) -> Path:
     """Write reports_dir/index.html, the table of every report there, atomically (a temporary
     file moved into place): a reader sees the old index or the new one, never half of one."""
     reports_dir = Path(reports_dir)
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("harness.report", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    html = (
+        html_templates(trim=True).get_template("index.html.j2").render(rows=index_rows(reports_dir))
     )
-    html = environment.get_template("index.html.j2").render(rows=index_rows(reports_dir))
     target = reports_dir / INDEX
     handle, temporary = tempfile.mkstemp(prefix=f".{INDEX}.", dir=reports_dir)
     try:
