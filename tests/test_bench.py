@@ -30,6 +30,9 @@ def test_bench_cli_reports_both_backends_side_by_side(mnist_dir):
     assert math.isclose(report["ratio"], ms["reference"] / ms["fused"])
     assert math.isclose(case["epoch_seconds"]["fused"], ms["fused"] * 468 / 1000)
     assert report["round"] == 5 and "interleaved in rounds of 5" in done.stdout
+    machine = report["machine"]  # what it ran on, beside the ratio
+    assert machine["cpu"] and machine["sgemm_gflops"] > 1 and machine["threads"] >= 1
+    assert f"machine: {machine['cpu']}" in done.stdout and "GFLOP/s" in done.stdout
 
 
 def test_steps_take_turns_in_rounds_on_the_same_batches():

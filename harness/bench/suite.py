@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from harness.bench.machine import describe, describe_line
 from harness.bench.peers import peer_rows, peer_versions
 from harness.bench.timing import CASES, ROUND, run_case, scaling
 from harness.data import loading
@@ -48,6 +49,7 @@ def bench(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "machine": describe(),
         "iterations": iterations,
         "warmup": warmup,
         "round": round_size,
@@ -91,6 +93,8 @@ def format_report(report: dict) -> str:
         f"median of {report['iterations']} iterations after {report['warmup']} warm-up, "
         f"interleaved in rounds of {report['round']}",
     ]
+    if "machine" in report:
+        lines.append(describe_line(report["machine"]))
     if "rows" in report:
         lines += format_rows(report)
         lines.append(f"ratio (tutorial-5 settings, rate): {report['ratio']:.1f}x")
