@@ -143,6 +143,25 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
             assert axis.text_content() == "test_accuracy"
             assert page.get_by_text("Objective 0").count() == 0
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+
+            # It looks read-only: the controls that write are hidden, a corner says why.
+            page.goto(f"http://127.0.0.1:{port}/dashboard")
+            page.get_by_text("RELOAD").or_(page.get_by_text("Reload")).first.wait_for()
+            for control in ("rename study", "delete study"):
+                assert page.get_by_label(control).count() == 1
+                assert not page.get_by_label(control).is_visible()
+            create = page.locator("button:has(svg[data-testid=AddBoxIcon])")
+            assert create.count() == 1 and not create.is_visible()
+            notice = page.evaluate("getComputedStyle(document.body, '::after').content")
+            assert notice == '"read-only: started by harness dashboard"'
+
+            # A trial's page keeps the window's width: one short line a seed run.
+            page.goto(f"http://127.0.0.1:{port}/dashboard/studies/{study_id}/trials")
+            page.get_by_text("seed 0", exact=False).first.wait_for(timeout=60_000)
+            assert page.get_by_text("finished, run ").count() >= 1
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+            edit_note = page.locator("button:has(svg[data-testid=EditIcon])")
+            assert edit_note.count() == 1 and not edit_note.is_visible()
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
         code, stderr = _stop(server, signal.SIGTERM)
@@ -241,6 +260,14 @@ def test_the_read_only_storage_reads_all_and_writes_nothing(out):
         t.params for t in optuna.load_study(study_name="dash", storage=inner).trials
     ]
     assert study.best_trial.state == TrialState.COMPLETE
+    # Each seed's run shows as one short line; the rest of the attributes as they are.
+    stored = optuna.load_study(study_name="dash", storage=inner).trials[0].user_attrs
+    shown = study.trials[0].user_attrs
+    (run,) = stored["runs"]
+    assert shown["seed 0"] == f"finished, run {run['run_id']}"
+    assert "runs" not in shown and "mlflow_run_ids" not in shown
+    assert shown["mlflow_parent_run_id"] == stored["mlflow_parent_run_id"]
+    assert storage.get_trial_user_attrs(study.trials[0]._trial_id) == shown
     trial_id = study.trials[0]._trial_id
     for write in (
         lambda: study.set_user_attr("x", 1),
