@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the trained weights here (and the run config beside them, PATH.yaml); "
         "save_model: true in the config writes them to outputs/models/",
     )  # fmt: skip
+    train.add_argument(
+        "--track", action="store_true",
+        help="log the run to MLflow like a study's, in the experiment 'harness train' of the "
+        "output folder's tracking store (or --tracking-uri)",
+    )  # fmt: skip
+    _store_args(train, optuna=False)
     _data_dir_arg(train)
 
     bench = commands.add_parser("bench", help="time the fused backend against the reference")
@@ -221,7 +227,26 @@ def _train(args: argparse.Namespace) -> int:
         if interrupt.received() is not None:
             raise StopRun("interrupted", f"stopped by {signal.Signals(interrupt.received()).name}")
 
-    result = train(config, dataset, progress=sys.stderr.isatty(), stop_check=stop_check)
+    logger = None
+    if args.track:
+        from harness.stores.layout import tracking_name
+        from harness.stores.opening import open_stores
+        from harness.study.tracking import start_single_run
+
+        stores = open_stores(args.output_dir, tracking_uri=args.tracking_uri, tracking_only=True)
+        name = " ".join([*args.overrides, f"seed {config.seed}"])
+        logger = start_single_run(stores, config.model_dump(), dataset, name, str(device))
+    try:
+        result = train(
+            config, dataset, [logger] if logger else [],
+            progress=sys.stderr.isatty(), stop_check=stop_check,
+        )  # fmt: skip
+    except BaseException as err:
+        if logger is not None:
+            logger.abort("FAILED", f"{type(err).__name__}: {err}")
+        raise
+    if logger is not None:
+        logger.finish(result)
     interrupt.check()
     summary = result.summary()
     m = result.metrics
@@ -250,10 +275,17 @@ def _train(args: argparse.Namespace) -> int:
         save_weights(result.state_dict, weights, config)
         print(f"weights: {weights} (run config: {weights.with_suffix('.yaml')})")
         summary["weights"] = str(weights)
-    print(
-        "not stored in MLflow or Optuna: `harness train` is one run for a look; a study keeps its "
-        "runs (a study file with one configuration: `make study NAME=tutorial5`)"
-    )
+    if logger is not None:
+        print(
+            f"logged to MLflow: run '{name}' ({logger.run_id}) in the experiment "
+            f"'harness train' of {tracking_name(stores.tracking_uri)} (make ui to browse)"
+        )
+        summary["mlflow_run_id"] = logger.run_id
+    else:
+        print(
+            "not stored in MLflow or Optuna: --track logs it to MLflow; a study keeps its runs "
+            "with their seeds (one configuration: `make study NAME=tutorial5`)"
+        )
     if args.json:
         print(json.dumps(summary))
     return 0 if result.status == "finished" else 1

@@ -10,6 +10,7 @@ from harness.cli import main
 from harness.config import make_run_config
 from harness.data.loading import Dataset, Split
 from harness.training.loop import Event, StopRun, train
+from tests.helpers import run_cli
 
 SMALL = {"hidden": 100, "num_steps": 10, "batch_size": 32, "eval_every": 5, "epochs": 2}
 
@@ -157,3 +158,43 @@ def test_cli_trains_synaptic_neurons_on_rate_spikes_from_set(mnist_dir, backend,
     assert (config["neuron"], config["alpha"], config["encoding"]) == ("synaptic", 0.8, "rate")
     assert summary["status"] == "finished" and summary["backend"] == backend
     assert summary["test_accuracy"] > 0.2  # 4 iterations of 128 on spikes: above chance
+
+
+@pytest.mark.mnist
+@pytest.mark.processes
+def test_train_with_track_logs_the_run_to_mlflow_like_a_study(mnist_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    done = run_cli(
+        "train", "--config", "studies/tutorial5.yaml", "--set", "train_subset=1280",
+        "--set", "test_subset=500", "--set", "beta=0.9", "--track", "--output-dir", str(out),
+        "--data-dir", str(mnist_dir), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    said = done.stdout.strip().splitlines()[-2]
+    assert said == (
+        f"logged to MLflow: run 'train_subset=1280 test_subset=500 beta=0.9 seed 0' "
+        f"({summary['mlflow_run_id']}) in the experiment 'harness train' of the tracking "
+        f"database {out / 'mlflow.db'} (make ui to browse)"
+    )
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("harness train")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.info.run_name == "train_subset=1280 test_subset=500 beta=0.9 seed 0"
+    assert run.data.tags["harness.status"] == "finished"
+    assert run.data.params["beta"] == "0.9" and run.data.params["train_subset"] == "1280"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    assert run.data.metrics["iterations"] == summary["iterations"] == 10
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in losses] == list(range(1, 11))
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == [
+        "mnist-train-1280",
+        "mnist-test-500",
+    ]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "curves.csv"} <= artifacts
+    assert not (out / "optuna.journal").exists()  # no study: nothing in Optuna

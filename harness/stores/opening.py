@@ -104,23 +104,25 @@ def open_stores(
     storage: str | None = None,
     tracking_uri: str | None = None,
     read_only: bool = False,
+    tracking_only: bool = False,
 ) -> Stores:
-    """Embedded stores under `output_dir` unless URLs (or $HARNESS_STORAGE) are given.
+    """Embedded stores under `output_dir` unless URLs (or $HARNESS_STORAGE) are given;
+    with `tracking_only`, MLflow's store alone (a single tracked run: no Optuna journal).
 
     For writing (a study), the embedded stores' folders and files must be writable (else
     StoreError, before anything is created) and the journal is repaired if a full disk tore
     it. With `read_only`, nothing is created, locked or repaired: stores in a folder that
     is not writable are read from a private temporary copy (said on stderr)."""
     output_dir = resolve_output_dir(output_dir)
-    storage = storage or os.environ.get("HARNESS_STORAGE")
+    storage = None if tracking_only else storage or os.environ.get("HARNESS_STORAGE")
     artifact_root = None
     if tracking_uri is None and "MLFLOW_TRACKING_URI" not in os.environ:
         artifact_root = output_dir / "mlartifacts"
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_uri(output_dir)
-    journal = None if storage else output_dir / JOURNAL
+    journal = None if storage or tracking_only else output_dir / JOURNAL
     if read_only:
         return _open_for_reading(output_dir, storage, tracking_uri, artifact_root, journal)
-    lock = output_dir / SETUP_LOCK if artifact_root or not storage else None
+    lock = output_dir / SETUP_LOCK if artifact_root or not (storage or tracking_only) else None
     _check_writable(output_dir, tracking_uri, journal, lock, artifact_root)
     if journal is not None:
         repair_journal(journal)
@@ -129,6 +131,8 @@ def open_stores(
             output_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise StoreError(f"cannot create output folder {output_dir} ({err.strerror})") from None
+    if tracking_only:
+        return Stores(None, tracking_uri, artifact_root, tracking_name(tracking_uri), lock)
     if storage:
         return Stores(storage, tracking_uri, artifact_root, f"optuna {redact(storage)}", lock)
     from optuna.storages import JournalStorage

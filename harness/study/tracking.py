@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from harness.study.tags import MESSAGE_TAG, STATUS_TAG, VERSION_TAG
+from harness.study.tags import (
+    BACKEND_TAG,
+    COMMIT_TAG,
+    DEVICE_TAG,
+    MESSAGE_TAG,
+    STATUS_TAG,
+    VERSION_TAG,
+)
 
 # MLflow 3 starts a telemetry thread at import that calls out to the network; a benchmark
 # harness should neither phone home nor share its CPU with that. The user can still opt in.
@@ -53,6 +60,8 @@ from harness.errors import ConfigError  # noqa: E402
 from harness.training.metrics import METRICS  # noqa: E402
 
 if TYPE_CHECKING:
+    from harness.data.loading import Dataset as Data
+    from harness.stores.opening import Stores
     from harness.training.loop import Event, RunResult
 
 FLUSH_EVERY = 500  # buffered metric values per log_batch call (MLflow accepts up to 1000)
@@ -314,6 +323,37 @@ class RunLogger:
             self.client.set_tag(self.run_id, MESSAGE_TAG, message[:5000])
         finally:
             self.client.set_terminated(self.run_id, status=status)
+
+
+# The experiment of `harness train --track`: single runs, outside any study.
+SINGLE_RUNS = "harness train"
+SINGLE_RUNS_DESCRIPTION = (
+    "Single runs of `harness train --track` (one configuration and seed each, outside any "
+    "study: no seeds to compare them over). A study keeps its own experiment."
+)
+
+
+def start_single_run(
+    stores: Stores, config: dict[str, Any], data: Data, run_name: str, device: str
+) -> RunLogger:
+    """An MLflow run for one `harness train`, in the experiment SINGLE_RUNS (created on first
+    use, under the stores' set-up lock), with its settings, data and source logged."""
+    with stores.setup_lock():
+        stores.create_tracking_tables()
+        client = stores.client()
+        tags = experiment_tags(SINGLE_RUNS_DESCRIPTION, "test_accuracy", "maximize")
+        experiment = experiment_id(client, SINGLE_RUNS, stores.artifact_root, tags)
+    commit = git_commit()
+    run_tags = {
+        **source_tags(commit, "harness train"),
+        BACKEND_TAG: config["backend"],
+        DEVICE_TAG: device,
+        COMMIT_TAG: commit,
+    }
+    logger = RunLogger(client, experiment, run_name, run_tags)
+    rows = {"train": len(data.train), "test": len(data.test)}
+    logger.log_config(config, dataset_inputs(data.name, data.checksum, rows))
+    return logger
 
 
 def curves_csv(result: RunResult) -> str:
