@@ -189,11 +189,15 @@ def acquire(data_dir: Path | None = None, dataset: str = DEFAULT_DATASET) -> str
     data_dir = Path(data_dir or default_data_dir())
     folder = raw_dir(data_dir, dataset)
     folder.mkdir(parents=True, exist_ok=True)
+    fetched = None
     if not _have_all(folder, spec):
         with _fetch_lock(folder, spec):
             if not _have_all(folder, spec):  # not fetched by the process we waited for
-                _fetch(spec, data_dir, folder)
-    return verify(data_dir, dataset)
+                fetched = _fetch(spec, data_dir, folder)
+    checksum = verify(data_dir, dataset)
+    if fetched is not None:
+        _say(f"{spec.title} ready in {folder} (from {fetched}, checksums verified)")
+    return checksum
 
 
 @contextlib.contextmanager
@@ -213,8 +217,9 @@ def _fetch_lock(folder: Path, spec: DatasetSpec):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fetch(spec: DatasetSpec, data_dir: Path, folder: Path) -> None:
-    """Try each source into a staging folder; move the files of the first that works."""
+def _fetch(spec: DatasetSpec, data_dir: Path, folder: Path) -> str:
+    """Try each source into a staging folder; move the files of the first that works and
+    return what it was."""
     staging = Path(tempfile.mkdtemp(prefix=".fetching-", dir=data_dir))
     try:
         for label, fetch in _sources(spec):
@@ -224,8 +229,7 @@ def _fetch(spec: DatasetSpec, data_dir: Path, folder: Path) -> None:
             if problem is None:
                 for name in spec.raw_md5:
                     os.replace(raw_dir(staging, spec.name) / name, folder / name)
-                _say(f"{spec.title}: fetched with {label} into {folder}")
-                return
+                return label
             _say(f"{spec.title}: {label} failed: {problem}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
