@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: where the fused backend's tutorial-5 iteration spends its time "
         "(PyTorch's profiler)",
     )  # fmt: skip
+    bench.add_argument(
+        "--run", action="store_true",
+        help="instead: a whole tutorial-5 run (train()) against its bare iterations, and where "
+        "the difference goes (test batches, evaluation, the rest); the full bench includes it",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -368,11 +373,24 @@ def _bench(args: argparse.Namespace) -> int:
             print(json.dumps({"device": str(device), "iterations": args.iterations,
                               "operations": rows}))  # fmt: skip
         return 0
+    if args.run:
+        from harness.bench.machine import describe, describe_line
+        from harness.bench.run_gap import format_run_gap, run_gap
+
+        device = resolve_device(args.device)
+        batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
+        gap = run_gap(args.data_dir, device, batches, args.warmup)
+        report = {"machine": describe(), "run": gap}
+        print("\n".join([describe_line(report["machine"]), *format_run_gap(report["run"])]))
+        if args.json:
+            print(json.dumps(report))
+        return 0
     report = suite.bench(
         args.device, args.iterations, args.warmup, args.data_dir,
         cases=timing.CASES[:1] if args.quick else timing.CASES,
         with_scaling=not args.quick, memory=not args.quick,
         peers=args.peers, compiled=args.compile, round_size=round_size,
+        with_run=not args.quick and not args.peers,
     )  # fmt: skip
     print(suite.format_report(report))
     if args.json:

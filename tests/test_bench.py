@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from harness.bench.run_gap import format_run_gap, run_gap, run_parts
+from harness.bench.suite import load_batches
 from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
@@ -141,3 +143,32 @@ def test_bench_profile_names_where_the_fused_iteration_spends_its_time(mnist_dir
         assert times[name] > 0, name
     assert list(times.values()) == sorted(times.values(), reverse=True)
     assert "all operations" in done.stdout
+
+
+def test_a_runs_events_split_it_into_windows_test_batches_and_evaluation():
+    stamps = [("train", 3.0), ("train", 3.0), ("eval", 3.5), ("train", 6.5), ("train", 6.5),
+              ("eval", 7.0), ("epoch", 9.0)]  # fmt: skip
+    parts = run_parts(stamps, start=1.0, end=9.25)
+    assert parts == {
+        "run_seconds": 8.25,
+        "windows": [2.0, 3.0],
+        "test_batch_seconds": 1.0,
+        "evaluation_seconds": 2.0,
+    }
+
+
+@pytest.mark.mnist
+def test_the_run_gap_puts_a_whole_run_beside_its_bare_iterations(mnist_dir):
+    device = torch.device("cpu")
+    batches = load_batches(mnist_dir, device, 4)
+    settings = {"train_subset": 1280, "test_subset": 500, "eval_every": 5, "hidden": 200}
+    gap = run_gap(mnist_dir, device, batches, warmup=1, repeats=1, settings=settings)
+    assert (gap["iterations"], gap["test_batches"], gap["test_images"]) == (10, 2, 500)
+    assert gap["bare_ms_per_iteration"] > 0 and gap["in_run_ms_per_iteration"] > 0
+    assert math.isclose(gap["bare_seconds"], gap["bare_ms_per_iteration"] * 10 / 1000)
+    assert 0 < gap["test_batch_seconds"] + gap["evaluation_seconds"] < gap["run_seconds"]
+    assert math.isclose(gap["gap"], gap["run_seconds"] / gap["bare_seconds"])
+    lines = format_run_gap(gap)
+    assert lines[0].startswith("a whole run against its bare iterations (tutorial-5, fused")
+    assert "test batches (2, every 5 iterations)" in lines[3] and len(lines) == 7
+    assert lines[-1] == f"  run / bare iterations: {gap['gap']:.2f}x"

@@ -10,6 +10,7 @@ import torch
 
 from harness.bench.machine import describe, describe_line
 from harness.bench.peers import peer_rows, peer_versions
+from harness.bench.run_gap import format_run_gap, run_gap
 from harness.bench.timing import CASES, ROUND, run_case, scaling
 from harness.data import loading
 from harness.errors import ConfigError
@@ -36,8 +37,10 @@ def bench(
     peers: bool = False,
     compiled: bool = False,
     round_size: int = ROUND,
+    with_run: bool = False,
 ) -> dict:
-    """Run every case (and the scaling series); return a JSON-ready dict of the figures.
+    """Run every case (and the scaling series; `with_run`: a whole run against its bare
+    iterations, `run_gap`); return a JSON-ready dict of the figures.
     `peers`: instead the rows of `peer_rows` (`compiled` adds snnTorch under torch.compile),
     whose reference and fused rows give the ratio."""
     if compiled and not peers:
@@ -67,6 +70,8 @@ def bench(
     report["ratio"] = results[0].ratio
     if with_scaling:
         report["scaling"] = scaling(batches, device, warmup, round_size)
+    if with_run:
+        report["run"] = run_gap(data_dir, device, batches, warmup)
     return report
 
 
@@ -116,5 +121,7 @@ def format_report(report: dict) -> str:
         for row in report["scaling"]:
             name = ",".join(f"{k}={v}" for k, v in row["settings"].items())
             lines.append(f"  {name:<26}{row['ms_per_iteration']:>8.2f}")
+    if "run" in report:
+        lines += format_run_gap(report["run"])
     lines.append(f"ratio (tutorial-5 settings, rate): {report['ratio']:.1f}x")
     return "\n".join(lines)
