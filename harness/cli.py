@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: a whole tutorial-5 run (train()) against its bare iterations, and where "
         "the difference goes (test batches, evaluation, the rest); the full bench includes it",
     )  # fmt: skip
+    bench.add_argument(
+        "--grid", action="store_true",
+        help="instead: fc1 for K configurations sharing a batch, as K products and as one "
+        "over the K weight sets side by side (would training them together pay?)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -372,6 +377,20 @@ def _bench(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"device": str(device), "iterations": args.iterations,
                               "operations": rows}))  # fmt: skip
+        return 0
+    if args.grid:
+        from harness.bench.grid import fc1_together, format_fc1_together
+        from harness.bench.machine import describe, describe_line
+
+        device = resolve_device(args.device)
+        if device.type != "cpu":
+            raise ConfigError("--grid times the CPU's sparse fc1: give --device cpu")
+        images = suite.load_batches(args.data_dir, device, 1)[0][0]
+        report = {"machine": describe(), "fc1_together": fc1_together(images.flatten(1))}
+        print("\n".join([describe_line(report["machine"]),
+                         *format_fc1_together(report["fc1_together"])]))  # fmt: skip
+        if args.json:
+            print(json.dumps(report))
         return 0
     if args.run:
         from harness.bench.machine import describe, describe_line

@@ -11,6 +11,7 @@ from harness.bench.suite import load_batches
 from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
+from harness.network.kernels.sparse_linear import sparse_linear
 from harness.training.loop import resolve_device
 from tests.helpers import run_cli
 
@@ -172,3 +173,38 @@ def test_the_run_gap_puts_a_whole_run_beside_its_bare_iterations(mnist_dir):
     assert lines[0].startswith("a whole run against its bare iterations (tutorial-5, fused")
     assert "test batches (2, every 5 iterations)" in lines[3] and len(lines) == 7
     assert lines[-1] == f"  run / bare iterations: {gap['gap']:.2f}x"
+
+
+def test_fc1_over_weight_sets_side_by_side_is_each_sets_product():
+    torch.manual_seed(0)
+    x = (torch.rand(32, 784) < 0.2) * torch.rand(32, 784)  # sparse, as MNIST
+    weights = [torch.randn(784, 64, requires_grad=True) for _ in range(3)]
+    biases = [torch.randn(64, requires_grad=True) for _ in range(3)]
+    grads = [torch.randn(32, 64) for _ in range(3)]
+    joined = torch.cat([w.detach() for w in weights], 1).requires_grad_()
+    joined_bias = torch.cat([b.detach() for b in biases]).requires_grad_()
+    together = sparse_linear(x, joined, joined_bias)
+    together.backward(torch.cat(grads, 1))
+    for k, (w, b, g) in enumerate(zip(weights, biases, grads, strict=True)):
+        apart = sparse_linear(x, w, b)
+        apart.backward(g)
+        columns = slice(64 * k, 64 * (k + 1))
+        torch.testing.assert_close(together[:, columns], apart)
+        torch.testing.assert_close(joined.grad[:, columns], w.grad)
+        torch.testing.assert_close(joined_bias.grad[columns], b.grad)
+
+
+@pytest.mark.mnist
+@pytest.mark.processes
+def test_bench_grid_times_fc1_apart_and_together(mnist_dir):
+    done = run_cli("bench", "--grid", "--device", "cpu", "--data-dir", str(mnist_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = report["fc1_together"]
+    assert [row["configurations"] for row in rows] == [1, 2, 3, 6]
+    for row in rows:
+        assert row["alone_ms"] > 0 and row["apart_ms"] > 0 and row["together_ms"] > 0
+        per_config = row["together_ms"] / row["configurations"]
+        assert math.isclose(row["together_vs_alone"], per_config / row["alone_ms"])
+    assert "one product over the K weight sets side by side" in done.stdout
+    assert done.stdout.startswith("machine: ")
