@@ -253,7 +253,8 @@ def _train(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except BaseException as err:
         if logger is not None:
-            logger.abort("FAILED", f"{type(err).__name__}: {err}")
+            stopped = isinstance(err, (interrupt.Interrupted, KeyboardInterrupt))
+            logger.abort("KILLED" if stopped else "FAILED", f"{type(err).__name__}: {err}")
         raise
     if logger is not None:
         logger.finish(result)

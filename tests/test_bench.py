@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from harness.bench.grid import fc1_together, format_fc1_together
 from harness.bench.run_gap import format_run_gap, run_gap, run_parts
 from harness.bench.suite import load_batches
 from harness.bench.timing import peak_memory_mb, time_steps
@@ -194,17 +195,17 @@ def test_fc1_over_weight_sets_side_by_side_is_each_sets_product():
         torch.testing.assert_close(joined_bias.grad[columns], b.grad)
 
 
-@pytest.mark.mnist
-@pytest.mark.processes
-def test_bench_grid_times_fc1_apart_and_together(mnist_dir):
-    done = run_cli("bench", "--grid", "--device", "cpu", "--data-dir", str(mnist_dir), "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    rows = report["fc1_together"]
-    assert [row["configurations"] for row in rows] == [1, 2, 3, 6]
+def test_the_grid_bench_times_fc1_alone_apart_and_together():
+    torch.manual_seed(0)
+    x = (torch.rand(32, 784) < 0.2) * torch.rand(32, 784)
+    rows = fc1_together(x, hidden=64, groups=(1, 2), repeats=2, calls=2)
+    assert [row["configurations"] for row in rows] == [1, 2]
     for row in rows:
         assert row["alone_ms"] > 0 and row["apart_ms"] > 0 and row["together_ms"] > 0
         per_config = row["together_ms"] / row["configurations"]
         assert math.isclose(row["together_vs_alone"], per_config / row["alone_ms"])
-    assert "one product over the K weight sets side by side" in done.stdout
-    assert done.stdout.startswith("machine: ")
+    lines = format_fc1_together(rows)
+    assert "one product over the K weight sets side by side" in lines[0]
+    assert lines[3].split()[0] == "2" and float(lines[3].split()[-1]) == pytest.approx(
+        rows[1]["together_vs_alone"], abs=0.005
+    )

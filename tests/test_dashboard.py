@@ -3,6 +3,7 @@ objective's name on its page in headless Chromium, every write refused, and a st
 (SIGTERM, SIGINT, SIGHUP) that ends it with 128 + the signal and nothing left listening."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,10 +108,14 @@ def _closed(port: int) -> bool:
 @pytest.mark.postgres
 @pytest.mark.processes
 def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
-
-    journal = (out / "optuna.journal").read_bytes()
+    live = tmp_path / "live"  # the study with a trial still running, as a worker leaves it
+    live.mkdir()
+    shutil.copy(out / "optuna.journal", live / "optuna.journal")
+    storage = JournalStorage(JournalFileBackend(str(live / "optuna.journal")))
+    running = optuna.load_study(study_name="dash", storage=storage).ask().number
+    journal = (live / "optuna.journal").read_bytes()
     port = free_port()
-    server = _start(port, "--output-dir", str(out))
+    server = _start(port, "--output-dir", str(live))
     try:
         first = server.stdout.readline()
         assert f"http://127.0.0.1:{port}/dashboard" in first and "read-only" in first
@@ -122,7 +127,7 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
         assert status == 200 and detail["objective_names"] == ["test_accuracy"]
         values = [p["param_external_value"] for t in detail["trials"] for p in t["params"]]
         assert sorted(values) == ["0.8", "0.95"]
-        assert {t["state"] for t in detail["trials"]} == {"Complete"}
+        assert {t["state"] for t in detail["trials"]} == {"Complete", "Running"}
 
         # Every change is refused, and says why.
         status, body = _call(port, f"/api/studies/{study_id}", "DELETE")
@@ -162,6 +167,10 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
             assert page.evaluate("document.documentElement.scrollWidth") <= 1400
             edit_note = page.locator("button:has(svg[data-testid=EditIcon])")
             assert edit_note.count() == 1 and not edit_note.is_visible()
+            page.get_by_text(f"Trial {running}", exact=True).click()
+            page.get_by_text(f"Trial {running} (trial_id=", exact=False).wait_for()
+            fail = page.locator("button:has(svg[data-testid=StopCircleIcon])")
+            assert fail.count() == 1 and not fail.is_visible()  # "Fail Trial"
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
         code, stderr = _stop(server, signal.SIGTERM)
@@ -172,7 +181,7 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
     assert code == 128 + signal.SIGTERM
     assert stderr.splitlines()[-1] == "interrupted: stopped by SIGTERM"
     assert _closed(port)
-    assert (out / "optuna.journal").read_bytes() == journal  # the study as it was
+    assert (live / "optuna.journal").read_bytes() == journal  # the study as it was
 
 
 @pytest.mark.postgres

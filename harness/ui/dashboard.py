@@ -119,7 +119,8 @@ ReadOnlyStorage = type(
 )
 
 # The controls of optuna-dashboard's pages that write (MUI names its icons in data-testid):
-# create, rename and delete a study, edit a note, delete an artifact, skip a trial.
+# create, rename and delete a study, edit a note, delete an artifact, skip a trial, fail a
+# running one.
 HIDDEN_CONTROLS = (
     'button[aria-label="rename study"]',
     'button[aria-label="delete study"]',
@@ -127,6 +128,7 @@ HIDDEN_CONTROLS = (
     'button[aria-label="skip trial"]',
     'button:has(svg[data-testid="AddBoxIcon"])',
     'button:has(svg[data-testid="EditIcon"])',
+    'button:has(svg[data-testid="StopCircleIcon"])',
 )
 READ_ONLY_NOTICE = "read-only: started by harness dashboard"
 READ_ONLY_STYLE = (
