@@ -152,10 +152,13 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
             # It looks read-only: the controls that write are hidden, a corner says why.
             page.goto(f"http://127.0.0.1:{port}/dashboard")
             page.get_by_text("RELOAD").or_(page.get_by_text("Reload")).first.wait_for()
+            # (the study's card, with its buttons, comes after the page: wait for them)
             for control in ("rename study", "delete study"):
+                page.get_by_label(control).wait_for(state="attached", timeout=60_000)
                 assert page.get_by_label(control).count() == 1
                 assert not page.get_by_label(control).is_visible()
             create = page.locator("button:has(svg[data-testid=AddBoxIcon])")
+            create.wait_for(state="attached")
             assert create.count() == 1 and not create.is_visible()
             notice = page.evaluate("getComputedStyle(document.body, '::after').content")
             assert notice == '"read-only: started by harness dashboard"'
@@ -166,10 +169,12 @@ def test_dashboard_shows_the_study_with_its_metric_read_only(out, tmp_path):
             assert page.get_by_text("finished, run ").count() >= 1
             assert page.evaluate("document.documentElement.scrollWidth") <= 1400
             edit_note = page.locator("button:has(svg[data-testid=EditIcon])")
+            edit_note.wait_for(state="attached", timeout=60_000)
             assert edit_note.count() == 1 and not edit_note.is_visible()
             page.get_by_text(f"Trial {running}", exact=True).click()
             page.get_by_text(f"Trial {running} (trial_id=", exact=False).wait_for()
             fail = page.locator("button:has(svg[data-testid=StopCircleIcon])")
+            fail.wait_for(state="attached", timeout=60_000)
             assert fail.count() == 1 and not fail.is_visible()  # "Fail Trial"
         assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
