@@ -345,9 +345,8 @@ def _cannot_write(path: Path) -> str | None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from harness.bench import profile, suite, timing
+    from harness.bench import timing
     from harness.config import make_run_config
-    from harness.training.loop import resolve_device
 
     make_run_config({"device": args.device}, "--device")
     if args.iterations < 1 or args.warmup < 0:
@@ -355,67 +354,62 @@ def _bench(args: argparse.Namespace) -> int:
     round_size = timing.ROUND if args.round is None else args.round
     if round_size < 1:
         raise ConfigError(f"--round must be >= 1 (iterations in a row), got {round_size}")
+    text, report = _bench_report(args, round_size)
+    print(text)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]:
+    """What `harness bench` measures in the mode its flags choose: (printout, JSON report)."""
+    from harness.bench import profile, suite, timing
+    from harness.bench.machine import describe, describe_line
+    from harness.training.loop import resolve_device
+
     if args.tracking:
         report = timing.tracking_overhead(
             args.data_dir, repeats=5, settings={"device": args.device}
         )
-        print(
+        return (
             f"one tutorial-5 epoch: {report['plain_seconds']:.2f} s without MLflow, "
             f"{report['mlflow_seconds']:.2f} s with it ({report['overhead_percent']:+.1f} %, "
             f"medians of {report['repeats']}, interleaved); time inside MLflow calls "
             f"{report['logging_seconds']:.3f} s a run = {report['logging_percent']:.1f} %"
-        )
-        if args.json:
-            print(json.dumps(report))
-        return 0
+        ), report
+    if not (args.profile or args.grid or args.run):
+        report = suite.bench(
+            args.device, args.iterations, args.warmup, args.data_dir,
+            cases=timing.CASES[:1] if args.quick else timing.CASES,
+            with_scaling=not args.quick, memory=not args.quick,
+            peers=args.peers, compiled=args.compile, round_size=round_size,
+            with_run=not args.quick and not args.peers,
+        )  # fmt: skip
+        return suite.format_report(report), report
+    device = resolve_device(args.device)
     if args.profile:
-        device = resolve_device(args.device)
         batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
         rows = profile.profile_fused(batches, device, args.warmup)
-        print(f"fused backend, tutorial-5 (rate, batch 128), {args.iterations} iterations on "
-              f"{device} after {args.warmup} warm-up, each operation's own time:")  # fmt: skip
-        print(profile.format_profile(rows))
-        if args.json:
-            print(json.dumps({"device": str(device), "iterations": args.iterations,
-                              "operations": rows}))  # fmt: skip
-        return 0
+        heading = (
+            f"fused backend, tutorial-5 (rate, batch 128), {args.iterations} iterations on "
+            f"{device} after {args.warmup} warm-up, each operation's own time:"
+        )
+        report = {"device": str(device), "iterations": args.iterations, "operations": rows}
+        return f"{heading}\n{profile.format_profile(rows)}", report
     if args.grid:
         from harness.bench.grid import fc1_together, format_fc1_together
-        from harness.bench.machine import describe, describe_line
 
-        device = resolve_device(args.device)
         if device.type != "cpu":
             raise ConfigError("--grid times the CPU's sparse fc1: give --device cpu")
         images = suite.load_batches(args.data_dir, device, 1)[0][0]
         report = {"machine": describe(), "fc1_together": fc1_together(images.flatten(1))}
-        print("\n".join([describe_line(report["machine"]),
-                         *format_fc1_together(report["fc1_together"])]))  # fmt: skip
-        if args.json:
-            print(json.dumps(report))
-        return 0
-    if args.run:
-        from harness.bench.machine import describe, describe_line
-        from harness.bench.run_gap import format_run_gap, run_gap
+        lines = format_fc1_together(report["fc1_together"])
+        return "\n".join([describe_line(report["machine"]), *lines]), report
+    from harness.bench.run_gap import format_run_gap, run_gap
 
-        device = resolve_device(args.device)
-        batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
-        gap = run_gap(args.data_dir, device, batches, args.warmup)
-        report = {"machine": describe(), "run": gap}
-        print("\n".join([describe_line(report["machine"]), *format_run_gap(report["run"])]))
-        if args.json:
-            print(json.dumps(report))
-        return 0
-    report = suite.bench(
-        args.device, args.iterations, args.warmup, args.data_dir,
-        cases=timing.CASES[:1] if args.quick else timing.CASES,
-        with_scaling=not args.quick, memory=not args.quick,
-        peers=args.peers, compiled=args.compile, round_size=round_size,
-        with_run=not args.quick and not args.peers,
-    )  # fmt: skip
-    print(suite.format_report(report))
-    if args.json:
-        print(json.dumps(report))
-    return 0
+    batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
+    report = {"machine": describe(), "run": run_gap(args.data_dir, device, batches, args.warmup)}
+    return "\n".join([describe_line(report["machine"]), *format_run_gap(report["run"])]), report
 
 
 def _dry_run_models(config: StudyConfig) -> None:

@@ -83,7 +83,7 @@ def run_gap(
     window = config.eval_every
     in_run_ms = statistics.median(
         1000 * w / window for f in figures for w in f["windows"][:-1]
-    )  # full windows of eval_every iterations (the model and optimizer built in the first)
+    )  # windows of eval_every iterations; the last (the epoch's remainder) is shorter
     run = statistics.median(f["run_seconds"] for f in figures)
     return {
         "settings": {"backend": config.backend, "decoding": config.decoding},
