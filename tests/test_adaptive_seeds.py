@@ -12,8 +12,18 @@ from optuna.trial import TrialState
 from harness import stats
 from harness.config import AdaptiveSeeds, load_study
 from harness.errors import ConfigError
+from harness.study.scheduling import next_trial
 from harness.study.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
-from harness.study.settled import EXTENDS, ROUND_SEED, round_plan
+from harness.study.settled import (
+    EXTENDS,
+    ROUND_SEED,
+    configurations,
+    grid_key,
+    round_item,
+    round_plan,
+    settled_run_ids,
+)
+from harness.study.table import summary_rows
 from harness.study.tags import STOPPED_TAG
 from tests.helpers import run_cli, seed_runs, start_study, stores_of, write_study
 
@@ -122,6 +132,78 @@ def test_adaptive_seeds_need_one_objective_and_no_pruner(tmp_path):
                                    {"metric": "test_loss", "direction": "minimize"}])  # fmt: skip
     with pytest.raises(ConfigError, match="several objectives"):
         load_study(str(path))
+
+
+# Two workers and one seed, on Optuna's in-memory storage ---------------------------------
+
+CLOSE = {0.9: [0.90, 0.92, 0.91], 0.95: [0.91, 0.91, 0.92]}  # undecided after seeds 0-2
+
+
+def _settled_trial(
+    beta: float, accuracies: dict[int, float], copy: int = 0, **attrs
+) -> optuna.trial.FrozenTrial:
+    """A trial of beta as the runner leaves it once its seeds finished."""
+    runs = [{"seed": s, "run_id": f"beta{beta}-seed{s}-copy{copy}",
+             "status": "finished", "test_accuracy": a, "test_loss": 0.3, "train_seconds": 1.0}
+            for s, a in accuracies.items()]  # fmt: skip
+    return optuna.trial.create_trial(
+        params={"beta": beta},
+        distributions={"beta": optuna.distributions.CategoricalDistribution([0.9, 0.95])},
+        value=sum(accuracies.values()) / len(accuracies),
+        user_attrs={"runs": runs, "mlflow_run_ids": [r["run_id"] for r in runs], **attrs},
+    )
+
+
+def _close_study(tmp_path):
+    path = write_study(tmp_path, "close", space={"beta": [0.9, 0.95]},
+                       seeds={"min": 3, "max": 6, "resolution": 0.0001})  # fmt: skip
+    config = load_study(str(path))
+    study = optuna.create_study(study_name="close", direction="maximize")
+    for beta, accuracies in CLOSE.items():
+        study.add_trial(_settled_trial(beta, dict(enumerate(accuracies)),
+                                       grid_point=grid_key({"beta": beta})))  # fmt: skip
+    return config, study
+
+
+def test_a_second_worker_takes_the_other_seed_while_the_first_has_not_suggested_yet(
+    tmp_path, monkeypatch
+):
+    config, study = _close_study(tmp_path)
+    assert round_plan(study, config).pending == {grid_key({"beta": b}): [3] for b in CLOSE}
+    queued = []
+    enqueue = study.enqueue_trial
+
+    def counting(*args, **kwargs):
+        queued.append(kwargs["user_attrs"][ROUND_SEED])
+        assert len(queued) <= 2, "a worker keeps queueing a seed another worker holds"
+        return enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(study, "enqueue_trial", counting)
+    first = next_trial(study, config)  # a worker took it; its params are not suggested yet
+    assert first is not None and first.params == {}
+    second = next_trial(study, config)
+    assert second is not None
+    assert {round_item(first), round_item(second)} == {(grid_key({"beta": b}), 3) for b in CLOSE}
+
+
+def test_a_seed_two_workers_both_trained_counts_once(tmp_path):
+    """Stores written before the fix above can hold one seed twice: it counts once, in the
+    table, the rounds and the report's runs."""
+    config, study = _close_study(tmp_path)
+    label = grid_key({"beta": 0.9})
+    first = study.trials[0].number
+    for copy in (1, 2):  # as older workers left it: no round_configuration attribute
+        study.add_trial(_settled_trial(0.9, {3: 0.93}, copy, **{EXTENDS: first, ROUND_SEED: 3}))
+    seeds = [r["seed"] for t in configurations(study, config)[label] for r in t.user_attrs["runs"]]
+    assert seeds == [0, 1, 2, 3]
+    assert {r["label"]: r["seeds"] for r in summary_rows(study, config)} == {
+        label: 4,
+        grid_key({"beta": 0.95}): 3,
+    }
+    duplicate = study.trials[-1]
+    assert settled_run_ids(study).isdisjoint(duplicate.user_attrs["mlflow_run_ids"])
+    assert len(settled_run_ids(study)) == 7
+    assert round_plan(study, config).pending == {grid_key({"beta": 0.95}): [3]}
 
 
 # Through the real study path ----------------------------------------------------------------

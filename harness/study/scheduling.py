@@ -17,6 +17,7 @@ from harness.study.samplers import make_sampler
 from harness.study.settled import (
     EXTENDS,
     OUTCOME,
+    ROUND_CONFIGURATION,
     ROUND_SEED,
     configurations,
     covers_its_point,
@@ -123,7 +124,7 @@ def next_trial(
 def round_item_free(study: optuna.Study, trial: optuna.Trial) -> bool:
     """Is no other trial training, or done with, this seed-round trial's seed (the lowest
     trial number wins a race between workers)?"""
-    item = (grid_key(trial.params), int(trial.user_attrs[ROUND_SEED]))
+    item = round_item(trial)
     return not any(
         round_item(t) == item
         and (settled(t) or (t.state == TrialState.RUNNING and t.number < trial.number))
@@ -147,13 +148,14 @@ def next_round_trial(
             enqueue_grid(study, config)
             continue
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         if any(round_item(t) is None for t in running):  # a first trial: rounds need it
             time.sleep(WAIT_SECONDS)
             continue
         plan = round_plan(study, config)
         if plan is None or plan.done:
             return None
-        taken = {item for t in running if (item := round_item(t))}
+        taken = {item for t in running + queued if (item := round_item(t))}
         free = [
             (label, seed)
             for label, missing in plan.pending.items()
@@ -165,4 +167,7 @@ def next_round_trial(
             continue
         label, seed = free[0]
         first = configurations(study, config)[label][0]
-        study.enqueue_trial(first.params, user_attrs={EXTENDS: first.number, ROUND_SEED: seed})
+        study.enqueue_trial(
+            first.params,
+            user_attrs={EXTENDS: first.number, ROUND_SEED: seed, ROUND_CONFIGURATION: label},
+        )

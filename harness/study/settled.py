@@ -17,6 +17,9 @@ from harness.study import seed_rounds
 OUTCOME = "outcome"  # trial user attribute: finished | pruned | diverged | interrupted | ...
 EXTENDS = "extends"  # user attr of a seed-round trial: its configuration's first trial
 ROUND_SEED = "round_seed"  # user attr of a seed-round trial: the one seed it trains
+# User attr of a seed-round trial: its configuration's `grid_key`. Its params exist only once
+# the worker that takes it has suggested them; until then only this names what it trains.
+ROUND_CONFIGURATION = "round_configuration"
 STOPPED = "stopped"  # trial user attr of a search with adaptive seeds: why its seeds ended
 
 
@@ -43,9 +46,26 @@ def settled_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if settled(t)]
 
 
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The settled trials, less a seed-round trial whose seed an earlier trial of its
+    configuration already trained: each (configuration, seed) counts once. (Workers before
+    this version could both train one seed: they missed a seed-round trial that had not
+    suggested its params yet. The lowest trial number counts, first trials before rounds.)"""
+    trained: set[tuple[str, int]] = set()
+    counted = []
+    for trial in sorted(settled_trials(study), key=lambda t: (EXTENDS in t.user_attrs, t.number)):
+        item = round_item(trial)
+        if item in trained:
+            continue
+        label = grid_key(trial.params)
+        trained.update((label, int(run["seed"])) for run in trial.user_attrs.get("runs", []))
+        counted.append(trial)
+    return counted
+
+
 def settled_run_ids(study: optuna.Study) -> set[str]:
-    """The MLflow runs of the settled trials (the runs a report or a table may count)."""
-    return {i for t in settled_trials(study) for i in t.user_attrs.get("mlflow_run_ids", [])}
+    """The MLflow runs of the counted trials (the runs a report or a table may count)."""
+    return {i for t in counted_trials(study) for i in t.user_attrs.get("mlflow_run_ids", [])}
 
 
 def covers_its_point(trial: optuna.trial.FrozenTrial) -> bool:
@@ -57,16 +77,17 @@ def round_item(trial: optuna.trial.FrozenTrial) -> tuple[str, int] | None:
     """(configuration, seed) of a seed-round trial, None for a configuration's first trial."""
     if EXTENDS not in trial.user_attrs:
         return None
-    return grid_key(trial.params), int(trial.user_attrs[ROUND_SEED])
+    label = trial.user_attrs.get(ROUND_CONFIGURATION) or grid_key(trial.params)  # older stores
+    return label, int(trial.user_attrs[ROUND_SEED])
 
 
 def configurations(
     study: optuna.Study, config: StudyConfig
 ) -> dict[str, list[optuna.trial.FrozenTrial]]:
     """The settled trials of each configuration (by `grid_key` of its params): its first
-    trial, then its seed-round trials in order."""
+    trial, then its seed-round trials in order (`counted_trials`: each seed once)."""
     grouped: dict[str, list[optuna.trial.FrozenTrial]] = {}
-    for trial in sorted(settled_trials(study), key=lambda t: (EXTENDS in t.user_attrs, t.number)):
+    for trial in counted_trials(study):
         grouped.setdefault(grid_key(trial.params), []).append(trial)
     return grouped
 
