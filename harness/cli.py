@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: fc1 for K configurations sharing a batch, as K products and as one "
         "over the K weight sets side by side (would training them together pay?)",
     )  # fmt: skip
+    bench.add_argument(
+        "--events", action="store_true",
+        help="instead: fc2 and dL/dW2 dense against event-driven (work per spike) at firing "
+        "rates from 2 to 30 %% (would an event-driven hidden layer pay?)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -376,6 +381,13 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
             f"{report['mlflow_seconds']:.2f} s with it ({report['overhead_percent']:+.1f} %, "
             f"medians of {report['repeats']}, interleaved); time inside MLflow calls "
             f"{report['logging_seconds']:.3f} s a run = {report['logging_percent']:.1f} %"
+        ), report
+    if args.events:
+        from harness.bench.events import events_against_dense, format_events
+
+        report = {"machine": describe(), "events": events_against_dense()}
+        return "\n".join(
+            [describe_line(report["machine"]), *format_events(report["events"])]
         ), report
     if not (args.profile or args.grid or args.run):
         report = suite.bench(

@@ -3,15 +3,24 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from harness.bench.events import (
+    events_against_dense,
+    fc2_events,
+    format_events,
+    spike_lists,
+    weight_grads_events,
+)
 from harness.bench.grid import fc1_together, format_fc1_together
 from harness.bench.run_gap import format_run_gap, run_gap, run_parts
 from harness.bench.suite import load_batches
 from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
+from harness.network.kernels import lif_scan
 from harness.network.kernels.sparse_linear import sparse_linear
 from harness.training.loop import resolve_device
 from tests.helpers import run_cli
@@ -209,3 +218,38 @@ def test_the_grid_bench_times_fc1_alone_apart_and_together():
     assert lines[3].split()[0] == "2" and float(lines[3].split()[-1]) == pytest.approx(
         rows[1]["together_vs_alone"], abs=0.005
     )
+
+
+def test_the_event_driven_products_equal_the_kernels_dense_ones():
+    """What `harness bench --events` times event-driven computes fc2 and dL/dW2 as the
+    kernel does, for silent, sparse and dense firing and a hidden size not a multiple of 8."""
+    rng = np.random.default_rng(1)
+    steps, samples, hidden = 6, 3, 1003
+    w2 = rng.standard_normal((10, hidden)).astype(np.float32)
+    b2 = rng.standard_normal(10).astype(np.float32)
+    g2 = rng.standard_normal((steps, samples, 10)).astype(np.float32)
+    index, count = np.empty((steps, hidden), np.int32), np.empty(steps, np.int64)
+    for rate in (0.0, 0.03, 0.5, 1.0):
+        spikes = (rng.random((steps, hidden)) < rate).astype(np.float32)
+        spike_lists(spikes, index, count)
+        assert count.tolist() == spikes.sum(1).astype(int).tolist()
+        for t in range(steps):
+            assert index[t, : count[t]].tolist() == np.flatnonzero(spikes[t]).tolist()
+        dense, events = np.empty((steps, 10), np.float32), np.empty((steps, 10), np.float32)
+        lif_scan._fc2_steps(spikes, w2, b2, dense)
+        fc2_events(index, count, np.ascontiguousarray(w2.T), b2, events)
+        np.testing.assert_allclose(events, dense, rtol=1e-5, atol=1e-4)
+        gw2, gw2t = np.zeros((10, hidden), np.float32), np.zeros((hidden, 10), np.float32)
+        lif_scan._weight_grads(g2, 1, spikes, gw2)
+        weight_grads_events(g2, 1, index, count, gw2t)
+        np.testing.assert_allclose(gw2t.T, gw2, rtol=1e-5, atol=1e-5)
+
+
+def test_the_events_bench_reports_both_ways_at_each_rate():
+    rows = events_against_dense(rates=(0.05, 0.3), samples=4, hidden=64, repeats=2, calls=2)
+    assert [row["rate"] for row in rows] == [0.05, 0.3]
+    for row in rows:
+        assert min(row[k] for k in ("fc2_dense", "fc2_events", "dw2_dense", "dw2_events")) > 0
+        assert math.isclose(row["fc2_ratio"], row["fc2_events"] / row["fc2_dense"])
+    lines = format_events(rows, samples=4)
+    assert "event-driven" in lines[0] and lines[3].split()[0] == "0.300"
