@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from harness import stats
 from harness.config import AdaptiveSeeds, load_study
 from harness.errors import ConfigError
+from harness.study.runner import tag_stopped
 from harness.study.scheduling import next_trial
 from harness.study.seed_rounds import BEST, DECIDED, MAX, RESOLUTION, plan
 from harness.study.settled import (
@@ -24,7 +25,7 @@ from harness.study.settled import (
     settled_run_ids,
 )
 from harness.study.table import summary_rows
-from harness.study.tags import STOPPED_TAG
+from harness.study.tags import DUPLICATE_TAG, STOPPED_TAG
 from tests.helpers import run_cli, seed_runs, start_study, stores_of, write_study
 
 RULE = AdaptiveSeeds(min=3, max=6, resolution=0.001)
@@ -140,10 +141,12 @@ CLOSE = {0.9: [0.90, 0.92, 0.91], 0.95: [0.91, 0.91, 0.92]}  # undecided after s
 
 
 def _settled_trial(
-    beta: float, accuracies: dict[int, float], copy: int = 0, **attrs
+    beta: float, accuracies: dict[int, float], copy: int = 0, run_ids=None, **attrs
 ) -> optuna.trial.FrozenTrial:
-    """A trial of beta as the runner leaves it once its seeds finished."""
-    runs = [{"seed": s, "run_id": f"beta{beta}-seed{s}-copy{copy}",
+    """A trial of beta as the runner leaves it once its seeds finished (its runs' ids made
+    up, or `run_ids` by seed)."""
+    run_ids = run_ids or {s: f"beta{beta}-seed{s}-copy{copy}" for s in accuracies}
+    runs = [{"seed": s, "run_id": run_ids[s],
              "status": "finished", "test_accuracy": a, "test_loss": 0.3, "train_seconds": 1.0}
             for s, a in accuracies.items()]  # fmt: skip
     return optuna.trial.create_trial(
@@ -204,6 +207,46 @@ def test_a_seed_two_workers_both_trained_counts_once(tmp_path):
     assert settled_run_ids(study).isdisjoint(duplicate.user_attrs["mlflow_run_ids"])
     assert len(settled_run_ids(study)) == 7
     assert round_plan(study, config).pending == {grid_key({"beta": 0.95}): [3]}
+
+
+def test_the_end_of_the_rounds_repairs_a_parent_run_that_counted_a_seed_twice(tmp_path):
+    """On stores with a seed trained twice, the end of the rounds (any rerun of the study)
+    writes the configuration's parent run again from the seeds that count, and tags the
+    repeated seed's run with the run that counts instead."""
+    path = write_study(tmp_path, "close", space={"beta": [0.9, 0.95]},
+                       seeds={"min": 3, "max": 4, "resolution": 0.0001})  # fmt: skip
+    config = load_study(str(path))
+    _, client = stores_of(tmp_path / "out")
+    experiment = client.create_experiment("close")
+
+    def run(parent=None):
+        tags = {"mlflow.parentRunId": parent} if parent else {}
+        return client.create_run(experiment, tags=tags).info.run_id
+
+    study = optuna.create_study(study_name="close", direction="maximize")
+    parents, round_runs = {}, {}
+    for beta, accuracies in CLOSE.items():
+        parents[beta] = run()
+        ids = {s: run(parents[beta]) for s in range(3)}
+        study.add_trial(_settled_trial(beta, dict(enumerate(accuracies)), run_ids=ids,
+                                       grid_point=grid_key({"beta": beta}),
+                                       mlflow_parent_run_id=parents[beta]))  # fmt: skip
+    first = {t.params["beta"]: t.number for t in study.trials}
+    for beta, copies in ((0.9, 2), (0.95, 1)):  # beta 0.9's seed 3 trained twice
+        for copy in range(copies):
+            round_runs[beta, copy] = run(parents[beta])
+            attrs = {EXTENDS: first[beta], ROUND_SEED: 3}
+            study.add_trial(_settled_trial(beta, {3: 0.93}, copy, {3: round_runs[beta, copy]},
+                                           **attrs))  # fmt: skip
+    assert round_plan(study, config).done
+    tag_stopped(study, config, client)
+    repaired = client.get_run(parents[0.9]).data
+    assert repaired.metrics["seeds"] == 4 and repaired.tags["harness.seeds"] == "4"
+    assert repaired.metrics["test_accuracy_mean"] == pytest.approx((0.90 + 0.92 + 0.91 + 0.93) / 4)
+    assert "seeds" not in client.get_run(parents[0.95]).data.metrics  # nothing to repair
+    duplicate = client.get_run(round_runs[0.9, 1]).data.tags
+    assert duplicate[DUPLICATE_TAG] == round_runs[0.9, 0]
+    assert DUPLICATE_TAG not in client.get_run(round_runs[0.9, 0]).data.tags
 
 
 # Through the real study path ----------------------------------------------------------------

@@ -57,9 +57,12 @@ from harness.study.settled import (
     STOPPED,
     configuration_runs,
     configurations,
+    counted_trials,
     grid_key,
+    round_item,
     round_plan,
     settled,
+    settled_trials,
 )
 from harness.study.table import params_text, values_text
 from harness.study.tags import (
@@ -68,6 +71,7 @@ from harness.study.tags import (
     DATA_CHECKSUM_TAG,
     DATASET_TAG,
     DEVICE_TAG,
+    DUPLICATE_TAG,
     FAILED_TAG,
     HOST_TAG,
     PID_TAG,
@@ -160,12 +164,36 @@ def tag_stopped(study: optuna.Study, config: StudyConfig, client: MlflowClient) 
     plan = round_plan(study, config)
     if plan is None or not plan.done:
         return
+    repeated = _mark_duplicates(study, client)
     for label, trials in configurations(study, config).items():
         parent = trials[0].user_attrs.get("mlflow_parent_run_id")
         reason = plan.stopped.get(label)
         if parent is not None and reason is not None:
             client.set_tag(parent, STOPPED_TAG, reason)
             client.set_tag(parent, SEEDS_TAG, str(plan.targets[label]))
+            if label in repeated:  # its summary counted a seed twice: write it again
+                finish_parent_run(client, parent, configuration_runs(trials), "finished")
+
+
+def _mark_duplicates(study: optuna.Study, client: MlflowClient) -> set[str]:
+    """Tag the runs of seed-round trials that repeat a seed (`counted_trials` leaves them
+    out) with the run that counts instead; return their configurations."""
+    counted = counted_trials(study)
+    kept = {t.number for t in counted}
+    run_of = {
+        (grid_key(t.params), int(run["seed"])): run["run_id"]
+        for t in counted
+        for run in t.user_attrs.get("runs", [])
+    }
+    repeated = set()
+    for trial in settled_trials(study):
+        if trial.number in kept:
+            continue
+        label, _ = round_item(trial)
+        repeated.add(label)
+        for run in trial.user_attrs.get("runs", []):
+            client.set_tag(run["run_id"], DUPLICATE_TAG, run_of[(label, int(run["seed"]))])
+    return repeated
 
 
 class _Heartbeat:

@@ -8,6 +8,9 @@ STOPPED_TAG = "harness.stopped"  # on a parent run, once the seed rounds are ove
 STATUS_TAG = "harness.status"  # finished | pruned | diverged | interrupted | failed ...
 MESSAGE_TAG = "harness.message"  # why a run did not finish (first 5,000 characters)
 FAILED_TAG = "harness.trial_failed"  # on the MLflow runs of a trial that did not settle
+# On a seed's run that repeats a seed of its configuration another trial trained first (two
+# workers before 2026-12-03 could both train it): the run that counts instead.
+DUPLICATE_TAG = "harness.duplicate_of"
 VERSION_TAG = "harness.version"  # the harness's version that wrote the run
 BACKEND_TAG = "harness.backend"
 DEVICE_TAG = "harness.device"
