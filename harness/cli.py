@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead: fc2 and dL/dW2 dense against event-driven (work per spike) at firing "
         "rates from 2 to 30 %% (would an event-driven hidden layer pay?)",
     )  # fmt: skip
+    bench.add_argument(
+        "--blocks", action="store_true",
+        help="instead: fc1 by hidden neurons a block, beside the size the kernel picks "
+        "(does sizing blocks from the caches matter here?)",
+    )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
 
@@ -389,6 +394,16 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
         return "\n".join(
             [describe_line(report["machine"]), *format_events(report["events"])]
         ), report
+    if args.blocks:
+        from harness.bench.blocks import block_sizes, format_block_sizes
+
+        device = resolve_device(args.device)
+        if device.type != "cpu":
+            raise ConfigError("--blocks times the CPU's sparse fc1: give --device cpu")
+        images = suite.load_batches(args.data_dir, device, 1)[0][0]
+        report = {"machine": describe(), "blocks": block_sizes(images)}
+        lines = format_block_sizes(report["blocks"])
+        return "\n".join([describe_line(report["machine"]), *lines]), report
     if not (args.profile or args.grid or args.run):
         report = suite.bench(
             args.device, args.iterations, args.warmup, args.data_dir,

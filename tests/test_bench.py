@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from harness.bench.blocks import block_sizes, format_block_sizes, forward_backward
 from harness.bench.events import (
     events_against_dense,
     fc2_events,
@@ -21,7 +22,7 @@ from harness.bench.timing import peak_memory_mb, time_steps
 from harness.cli import main
 from harness.config import make_run_config
 from harness.network.kernels import lif_scan
-from harness.network.kernels.sparse_linear import sparse_linear
+from harness.network.kernels.sparse_linear import _block_size, sparse_linear
 from harness.training.loop import resolve_device
 from tests.helpers import run_cli
 
@@ -253,3 +254,24 @@ def test_the_events_bench_reports_both_ways_at_each_rate():
         assert math.isclose(row["fc2_ratio"], row["fc2_events"] / row["fc2_dense"])
     lines = format_events(rows, samples=4)
     assert "event-driven" in lines[0] and lines[3].split()[0] == "0.300"
+
+
+def test_the_blocks_bench_times_each_block_size_and_they_compute_the_same_bits():
+    torch.manual_seed(0)
+    images = (torch.rand(16, 784) < 0.2) * torch.rand(16, 784)
+    report = block_sizes(images, hidden=96, blocks=(16, 32), repeats=2, calls=2)
+    chosen = _block_size(96)
+    assert report["chosen"] == chosen and report["same_bits"] is True
+    assert [row["block"] for row in report["rows"]] == sorted({16, 32, chosen})
+    picked = next(row for row in report["rows"] if row["block"] == chosen)
+    assert picked["vs_chosen"] == 1.0 and all(row["ms"] > 0 for row in report["rows"])
+    out, grad_wt, grad_bias = forward_backward(
+        images.numpy(), np.ones((784, 96), np.float32), np.zeros(96, np.float32),
+        np.ones((16, 96), np.float32), 16,
+    )  # fmt: skip
+    np.testing.assert_allclose(out[:, 0], images.sum(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(grad_wt[:, 0], images.sum(0).numpy(), rtol=1e-5)
+    assert grad_bias.tolist() == [16.0] * 96
+    lines = format_block_sizes(report)
+    assert "<- picked" in next(line for line in lines if line.split()[:1] == [str(chosen)])
+    assert lines[-1] == "every block size gave the same bits: yes"

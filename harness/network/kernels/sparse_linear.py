@@ -15,11 +15,12 @@ from harness.network.kernels.primitives import axpy
 # products are row operations on fc1's weight stored transposed, W1T (in, H), as the fused
 # backend's fc1 keeps it (`model.TransposedLinear`): cur1[b] = bias + sum over nonzero j of
 # x[b, j] W1T[j], and grad W1T[j] = sum over b with x[b, j] != 0 of x[b, j] grad_cur1[b].
-# Each thread takes blocks of hidden neurons: its columns of W1T stay in L2 for the
-# product, its outputs in L1.
+# Each thread takes blocks of hidden neurons, its outputs in L1. Blocks are as large as
+# `_MAX_BLOCK` allows: fewer passes over each sample's pixels pay more than W1T's columns in
+# L2 (`harness bench --blocks`: blocks that fit a 512 KiB L2 were 1.1 to 2.3 times slower).
 
 DENSE_INPUTS = 0.4  # share of nonzero inputs above which the dense GEMM is faster
-_MAX_BLOCK = 512  # hidden neurons per block at most: a block's W1T columns fit in L2
+_MAX_BLOCK = 512  # hidden neurons per block at most
 
 
 def _block_size(hidden: int) -> int:
