@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from harness.report import aggregate, build_report
 from harness.stores.opening import open_stores
 from harness.study import tracking
 from harness.study.runner import run_study
+from harness.study.scheduling import next_trial, suggest
 from harness.study.settled import settled_trials
 from harness.study.table import summary_rows
 from harness.study.tags import FAILED_TAG
@@ -186,6 +188,22 @@ def test_resumed_search_processes_draw_new_configurations(tmp_path, mnist_dir):
     assert run_cli(*study_args(path, again, mnist_dir)).returncode == 0
     study2 = optuna.load_study(study_name="s", storage=open_stores(again).storage)
     assert [json.dumps(t.params, sort_keys=True) for t in settled_trials(study2)] == params
+
+
+def test_a_search_worker_waits_for_a_lower_trial_to_suggest_before_keeping_its_draw(tmp_path):
+    """Another worker has just taken trial 0 and not yet suggested its params (it will, the
+    same point: the space has one); this worker's draw must not pass as new meanwhile."""
+    path = write_study(tmp_path, "one", space={"beta": [0.9]}, sampler="random", n_trials=2)
+    config = load_study(str(path))
+    study = optuna.create_study(study_name="one", direction="maximize")
+    taken = study.ask()
+    threading.Timer(0.3, lambda: suggest(taken, config)).start()
+    assert next_trial(study, config) is None  # its one point is trial 0's
+    assert taken.params == {"beta": 0.9}
+    skipped = [t for t in study.trials if t.number > 0]
+    assert skipped and {t.user_attrs["message"] for t in skipped} == {
+        "a configuration already tried"
+    }
 
 
 @pytest.mark.mnist

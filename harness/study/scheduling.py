@@ -114,11 +114,33 @@ def next_trial(
         if config.sampler_seed is not None and config.sampler != "qmc":
             study.sampler = make_sampler(config, _trial_seed(config.sampler_seed, trial.number))
         params = suggest(trial, config)
-        if not any(t.params == params for t in ahead if t.number != trial.number):
+        if not any(t.params == params for t in _drawn_before(study, trial)):
             return trial
         _skip(study, trial, "a configuration already tried")
     print(f"no new configuration in {MAX_DRAWS} draws: the space looks exhausted", flush=True)
     return None
+
+
+SUGGEST_WAIT = 5.0  # seconds to wait for a trial just taken elsewhere to suggest its params
+
+
+def _drawn_before(study: optuna.Study, trial: optuna.Trial) -> list[optuna.trial.FrozenTrial]:
+    """The settled trials and the running ones numbered below `trial`, read after `trial`
+    suggested its params, each with its params: a lower trial that another worker has just
+    taken and not yet suggested is waited for (up to SUGGEST_WAIT; longer, its worker is
+    gone). The lower number keeps a configuration two workers drew at once, so the higher
+    must see the lower's params before it decides."""
+    deadline = time.monotonic() + SUGGEST_WAIT
+    while True:
+        drawn = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number
+            and (settled(t) or (t.state == TrialState.RUNNING and t.number < trial.number))
+        ]
+        if all(t.params for t in drawn) or time.monotonic() > deadline:
+            return drawn
+        time.sleep(0.05)
 
 
 def round_item_free(study: optuna.Study, trial: optuna.Trial) -> bool:
