@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from harness.config import load_study
 from harness.report import aggregate, build_report
 from harness.stores.opening import open_stores
-from harness.study import tracking
+from harness.study import scheduling, tracking
 from harness.study.runner import run_study
 from harness.study.scheduling import next_trial, suggest
 from harness.study.settled import settled_trials
@@ -204,6 +204,21 @@ def test_a_search_worker_waits_for_a_lower_trial_to_suggest_before_keeping_its_d
     assert skipped and {t.user_attrs["message"] for t in skipped} == {
         "a configuration already tried"
     }
+
+
+def test_a_search_worker_does_not_wait_for_a_trial_whose_worker_died_before_suggesting(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(scheduling, "SUGGEST_WAIT", 0.5)
+    path = write_study(tmp_path, "one", space={"beta": [0.9]}, sampler="random", n_trials=2)
+    config = load_study(str(path))
+    study = optuna.create_study(study_name="one", direction="maximize")
+    study.ask()  # taken, and its worker gone before it suggested
+    time.sleep(0.6)
+    start = time.monotonic()
+    trial = next_trial(study, config)
+    assert trial is not None and trial.params == {"beta": 0.9}
+    assert time.monotonic() - start < 0.4
 
 
 @pytest.mark.mnist

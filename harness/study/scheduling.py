@@ -3,6 +3,7 @@ of an adaptive grid."""
 
 from __future__ import annotations
 
+import datetime
 import time
 from typing import Any
 
@@ -128,8 +129,9 @@ def _drawn_before(study: optuna.Study, trial: optuna.Trial) -> list[optuna.trial
     """The settled trials and the running ones numbered below `trial`, read after `trial`
     suggested its params, each with its params: a lower trial that another worker has just
     taken and not yet suggested is waited for (up to SUGGEST_WAIT; longer, its worker is
-    gone). The lower number keeps a configuration two workers drew at once, so the higher
-    must see the lower's params before it decides."""
+    gone, and one taken longer ago than that is not waited for at all). The lower number
+    keeps a configuration two workers drew at once, so the higher must see the lower's
+    params before it decides."""
     deadline = time.monotonic() + SUGGEST_WAIT
     while True:
         drawn = [
@@ -138,7 +140,15 @@ def _drawn_before(study: optuna.Study, trial: optuna.Trial) -> list[optuna.trial
             if t.number != trial.number
             and (settled(t) or (t.state == TrialState.RUNNING and t.number < trial.number))
         ]
-        if all(t.params for t in drawn) or time.monotonic() > deadline:
+        now = datetime.datetime.now()
+        suggesting = [
+            t
+            for t in drawn
+            if not t.params
+            and t.datetime_start is not None
+            and (now - t.datetime_start).total_seconds() < SUGGEST_WAIT
+        ]
+        if not suggesting or time.monotonic() > deadline:
             return drawn
         time.sleep(0.05)
 
