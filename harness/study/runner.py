@@ -192,7 +192,9 @@ def _mark_duplicates(study: optuna.Study, client: MlflowClient) -> set[str]:
         label, _ = round_item(trial)
         repeated.add(label)
         for run in trial.user_attrs.get("runs", []):
-            client.set_tag(run["run_id"], DUPLICATE_TAG, run_of[(label, int(run["seed"]))])
+            counts = run_of.get((label, int(run["seed"])))
+            if counts is not None:
+                client.set_tag(run["run_id"], DUPLICATE_TAG, counts)
     return repeated
 
 
