@@ -10,7 +10,9 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from harness.config import StudyConfig, load_run_config
 from harness.data import acquire
@@ -18,6 +20,9 @@ from harness.data.datasets import DATASETS, DEFAULT_DATASET
 from harness.errors import ConfigError
 from harness.stores.urls import check_store_urls
 from harness.ui.servers import serve_dashboard, serve_ui
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +69,24 @@ def _store_args(parser: argparse.ArgumentParser, optuna: bool = True) -> None:
     )  # fmt: skip
 
 
+# `harness bench`'s other modes, each instead of the suite: flag -> what it measures.
+BENCH_MODES = {
+    "tracking": "MLflow's share of a tutorial-5 run (with and without logging)",
+    "peers": "the tutorial-5 case as rows (snnTorch as written, fc1 once, SpikingJelly, Norse, "
+    "fused torch ops, fused kernel); needs pip install '.[peers]'",
+    "profile": "where the fused backend's tutorial-5 iteration spends its time (PyTorch's "
+    "profiler)",
+    "run": "a whole tutorial-5 run (train()) against its bare iterations, and where the "
+    "difference goes (test batches, evaluation, the rest); the full bench includes it",
+    "grid": "fc1 for K configurations sharing a batch, as K products and as one over the K "
+    "weight sets side by side (would training them together pay?)",
+    "events": "fc2 and dL/dW2 dense against event-driven (work per spike) at firing rates "
+    "from 2 to 30 %% (would an event-driven hidden layer pay?)",
+    "blocks": "fc1 by hidden neurons a block, beside the size the kernel picks (does sizing "
+    "blocks from the caches matter here?)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -98,43 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         "1 interleaves every iteration: the fused one then runs with cold caches)",
     )  # fmt: skip
     bench.add_argument("--quick", action="store_true", help="tutorial-5 case only, no memory")
-    bench.add_argument(
-        "--tracking", action="store_true",
-        help="instead: MLflow's share of a tutorial-5 run (with and without logging)",
-    )  # fmt: skip
-    bench.add_argument(
-        "--peers", action="store_true",
-        help="instead: the tutorial-5 case as rows (snnTorch as written, fc1 once, "
-        "SpikingJelly, Norse, fused torch ops, fused kernel); needs pip install '.[peers]'",
-    )  # fmt: skip
+    for flag, text in BENCH_MODES.items():
+        bench.add_argument(f"--{flag}", action="store_true", help=f"instead: {text}")
     bench.add_argument(
         "--compile", action="store_true",
         help="with --peers: add snnTorch under torch.compile (compiles for minutes)",
-    )  # fmt: skip
-    bench.add_argument(
-        "--profile", action="store_true",
-        help="instead: where the fused backend's tutorial-5 iteration spends its time "
-        "(PyTorch's profiler)",
-    )  # fmt: skip
-    bench.add_argument(
-        "--run", action="store_true",
-        help="instead: a whole tutorial-5 run (train()) against its bare iterations, and where "
-        "the difference goes (test batches, evaluation, the rest); the full bench includes it",
-    )  # fmt: skip
-    bench.add_argument(
-        "--grid", action="store_true",
-        help="instead: fc1 for K configurations sharing a batch, as K products and as one "
-        "over the K weight sets side by side (would training them together pay?)",
-    )  # fmt: skip
-    bench.add_argument(
-        "--events", action="store_true",
-        help="instead: fc2 and dL/dW2 dense against event-driven (work per spike) at firing "
-        "rates from 2 to 30 %% (would an event-driven hidden layer pay?)",
-    )  # fmt: skip
-    bench.add_argument(
-        "--blocks", action="store_true",
-        help="instead: fc1 by hidden neurons a block, beside the size the kernel picks "
-        "(does sizing blocks from the caches matter here?)",
     )  # fmt: skip
     bench.add_argument("--json", action="store_true", help="print a JSON summary last")
     _data_dir_arg(bench)
@@ -374,7 +365,6 @@ def _bench(args: argparse.Namespace) -> int:
 def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]:
     """What `harness bench` measures in the mode its flags choose: (printout, JSON report)."""
     from harness.bench import profile, suite, timing
-    from harness.bench.machine import describe, describe_line
     from harness.training.loop import resolve_device
 
     if args.tracking:
@@ -390,21 +380,18 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
     if args.events:
         from harness.bench.events import events_against_dense, format_events
 
-        report = {"machine": describe(), "events": events_against_dense()}
-        return "\n".join(
-            [describe_line(report["machine"]), *format_events(report["events"])]
-        ), report
+        return _on_machine("events", events_against_dense, format_events)
     if args.blocks:
         from harness.bench.blocks import block_sizes, format_block_sizes
 
-        device = resolve_device(args.device)
-        if device.type != "cpu":
-            raise ConfigError("--blocks times the CPU's sparse fc1: give --device cpu")
-        images = suite.load_batches(args.data_dir, device, 1)[0][0]
-        report = {"machine": describe(), "blocks": block_sizes(images)}
-        lines = format_block_sizes(report["blocks"])
-        return "\n".join([describe_line(report["machine"]), *lines]), report
-    if not (args.profile or args.grid or args.run):
+        images = _one_cpu_batch(args, "blocks")
+        return _on_machine("blocks", lambda: block_sizes(images), format_block_sizes)
+    if args.grid:
+        from harness.bench.grid import fc1_together, format_fc1_together
+
+        images = _one_cpu_batch(args, "grid").flatten(1)
+        return _on_machine("fc1_together", lambda: fc1_together(images), format_fc1_together)
+    if not (args.profile or args.run):
         report = suite.bench(
             args.device, args.iterations, args.warmup, args.data_dir,
             cases=timing.CASES[:1] if args.quick else timing.CASES,
@@ -423,20 +410,35 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
         )
         report = {"device": str(device), "iterations": args.iterations, "operations": rows}
         return f"{heading}\n{profile.format_profile(rows)}", report
-    if args.grid:
-        from harness.bench.grid import fc1_together, format_fc1_together
-
-        if device.type != "cpu":
-            raise ConfigError("--grid times the CPU's sparse fc1: give --device cpu")
-        images = suite.load_batches(args.data_dir, device, 1)[0][0]
-        report = {"machine": describe(), "fc1_together": fc1_together(images.flatten(1))}
-        lines = format_fc1_together(report["fc1_together"])
-        return "\n".join([describe_line(report["machine"]), *lines]), report
     from harness.bench.run_gap import format_run_gap, run_gap
 
     batches = suite.load_batches(args.data_dir, device, args.warmup + args.iterations)
-    report = {"machine": describe(), "run": run_gap(args.data_dir, device, batches, args.warmup)}
-    return "\n".join([describe_line(report["machine"]), *format_run_gap(report["run"])]), report
+    return _on_machine(
+        "run", lambda: run_gap(args.data_dir, device, batches, args.warmup), format_run_gap
+    )
+
+
+def _on_machine(
+    key: str, measure: Callable[[], Any], format_lines: Callable[[Any], list[str]]
+) -> tuple[str, dict]:
+    """A bench mode's (printout, report): the machine it runs on, then `measure()`'s result
+    under `key`, printed by `format_lines`."""
+    from harness.bench.machine import describe, describe_line
+
+    report = {"machine": describe()}
+    report[key] = measure()
+    return "\n".join([describe_line(report["machine"]), *format_lines(report[key])]), report
+
+
+def _one_cpu_batch(args: argparse.Namespace, flag: str) -> torch.Tensor:
+    """The first MNIST training batch's images, for a mode that times the CPU's sparse fc1."""
+    from harness.bench import suite
+    from harness.training.loop import resolve_device
+
+    device = resolve_device(args.device)
+    if device.type != "cpu":
+        raise ConfigError(f"--{flag} times the CPU's sparse fc1: give --device cpu")
+    return suite.load_batches(args.data_dir, device, 1)[0][0]
 
 
 def _dry_run_models(config: StudyConfig) -> None:

@@ -12,13 +12,12 @@ neurons a pass covers, not the order of any sum.
 
 from __future__ import annotations
 
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.bench.timing import interleaved_ms
 from harness.network.kernels import sparse_linear as fc1
 
 BLOCKS = (64, 128, 256, 512)  # 1,000 neurons: at least two blocks, one a thread
@@ -78,16 +77,10 @@ def block_sizes(
         all(np.array_equal(a, b) for a, b in zip(first, result, strict=True))
         for result in results.values()
     )
-    times: dict[int, list[float]] = {size: [] for size in sizes}
-    for repeat in range(repeats):
-        for size in sizes if repeat % 2 == 0 else list(reversed(sizes)):
-            one = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                forward_backward(x, weight_t, bias, grad, size)
-                one.append(time.perf_counter() - start)
-            times[size].append(1000 * statistics.median(one))
-    ms = {size: statistics.median(values) for size, values in times.items()}
+    ms = interleaved_ms(
+        {size: lambda size=size: forward_backward(x, weight_t, bias, grad, size) for size in sizes},
+        repeats, calls,
+    )  # fmt: skip
     return {
         "l2_cache": l2_cache(),
         "chosen": chosen,

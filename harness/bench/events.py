@@ -15,12 +15,10 @@ the measured alternative. Tutorial 5 only (10 outputs).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 from numba import njit
 
+from harness.bench.timing import interleaved_ms
 from harness.network.kernels import lif_scan
 
 RATES = (0.02, 0.05, 0.1, 0.2, 0.3)  # tutorial 5 fires at about 0.2 (rate), 0.045 (latency)
@@ -99,15 +97,6 @@ def weight_grads_events(g2, b, index, count, gw2t):
             r[9] += a9
 
 
-def _median_ms(call, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def events_against_dense(
     rates: tuple[float, ...] = RATES,
     samples: int = 128,
@@ -151,13 +140,7 @@ def events_against_dense(
 
         cases = {"fc2_dense": fc2_dense, "fc2_events": fc2_event,
                  "dw2_dense": dw2_dense, "dw2_events": dw2_event}  # fmt: skip
-        for case in cases.values():
-            case()
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        for repeat in range(repeats):
-            for name in list(cases) if repeat % 2 == 0 else list(reversed(cases)):
-                times[name].append(_median_ms(cases[name], calls))
-        row = {"rate": rate, **{name: statistics.median(ms) for name, ms in times.items()}}
+        row = {"rate": rate, **interleaved_ms(cases, repeats, calls)}
         row["fc2_ratio"] = row["fc2_events"] / row["fc2_dense"]
         row["dw2_ratio"] = row["dw2_events"] / row["dw2_dense"]
         rows.append(row)

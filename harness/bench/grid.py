@@ -11,11 +11,9 @@ stay per configuration).
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
+from harness.bench.timing import interleaved_ms
 from harness.network.kernels.sparse_linear import sparse_linear
 
 GROUPS = (1, 2, 3, 6)  # configurations trained together (beta_sweep's grid has 6 betas)
@@ -59,19 +57,8 @@ def _time_group(x: torch.Tensor, k: int, hidden: int, repeats: int, calls: int) 
     def together() -> None:
         _fc1_step(x, joined, joined_bias, joined_grad)
 
-    cases = {"alone": alone, "apart": apart, "together": together}
-    for case in cases.values():
-        case()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for repeat in range(repeats):
-        for name in list(cases) if repeat % 2 == 0 else list(reversed(cases)):
-            one = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                cases[name]()
-                one.append(time.perf_counter() - start)
-            times[name].append(1000 * statistics.median(one))
-    alone_ms, apart_ms, together_ms = (statistics.median(times[n]) for n in cases)
+    ms = interleaved_ms({"alone": alone, "apart": apart, "together": together}, repeats, calls)
+    alone_ms, apart_ms, together_ms = ms["alone"], ms["apart"], ms["together"]
     return {
         "configurations": k,
         "alone_ms": alone_ms,

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,6 +110,25 @@ def time_iterations(
     """Median ms per training iteration of each config, interleaved on the same batches."""
     steps = {name: trainer(config, device) for name, config in configs.items()}
     return time_steps(steps, batches, device, warmup, round_size)
+
+
+def interleaved_ms(
+    cases: dict[Any, Callable[[], object]], repeats: int, calls: int
+) -> dict[Any, float]:
+    """Median ms of each case (a call without arguments), after one untimed call of each:
+    `repeats` sittings, in alternating order, each the median of `calls` calls in a row."""
+    for case in cases.values():
+        case()
+    times: dict[Any, list[float]] = {name: [] for name in cases}
+    for repeat in range(repeats):
+        for name in list(cases) if repeat % 2 == 0 else list(reversed(cases)):
+            one = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                cases[name]()
+                one.append(time.perf_counter() - start)
+            times[name].append(1000 * statistics.median(one))
+    return {name: statistics.median(ms) for name, ms in times.items()}
 
 
 def time_steps(
