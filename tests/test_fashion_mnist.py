@@ -59,8 +59,8 @@ def test_acquisition_says_each_source_it_tries(tmp_path, capsys):
         "Fashion-MNIST: trying torchvision's download ...",
         "Fashion-MNIST: torchvision's download failed: offline (test)",
         f"Fashion-MNIST: trying Debian package {SPEC.debian} ...",
-        f"Fashion-MNIST ready in {acquire.raw_dir(tmp_path, 'fashion_mnist')} "
-        f"(from Debian package {SPEC.debian}, checksums verified)",
+        f"Fashion-MNIST: fetched into {acquire.raw_dir(tmp_path, 'fashion_mnist')} "
+        f"from Debian package {SPEC.debian}, checksums verified",
     ]
 
 

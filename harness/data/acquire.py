@@ -196,7 +196,7 @@ def acquire(data_dir: Path | None = None, dataset: str = DEFAULT_DATASET) -> str
                 fetched = _fetch(spec, data_dir, folder)
     checksum = verify(data_dir, dataset)
     if fetched is not None:
-        _say(f"{spec.title} ready in {folder} (from {fetched}, checksums verified)")
+        _say(f"{spec.title}: fetched into {folder} from {fetched}, checksums verified")
     return checksum
 
 
