@@ -84,6 +84,8 @@ BENCH_MODES = {
     "from 2 to 30 %% (would an event-driven hidden layer pay?)",
     "blocks": "fc1 by hidden neurons a block, beside the size the kernel picks (does sizing "
     "blocks from the caches matter here?)",
+    "listing": "a tutorial-5 training iteration with the kernel's listing of the hidden "
+    "neurons that may fire and without (rate and latency, untrained and trained)",
 }
 
 
@@ -381,6 +383,13 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
         from harness.bench.events import events_against_dense, format_events
 
         return _on_machine("events", events_against_dense, format_events)
+    if args.listing:
+        from harness.bench.listing import format_listing, listing_against_dense
+
+        if resolve_device(args.device).type != "cpu":
+            raise ConfigError("--listing times the CPU's LIF kernel: give --device cpu")
+        batches = suite.load_batches(args.data_dir, resolve_device("cpu"), 260)
+        return _on_machine("listing", lambda: listing_against_dense(batches), format_listing)
     if args.blocks:
         from harness.bench.blocks import block_sizes, format_block_sizes
 

@@ -16,6 +16,7 @@ from harness.bench.events import (
     weight_grads_events,
 )
 from harness.bench.grid import fc1_together, format_fc1_together
+from harness.bench.listing import format_listing, listing_against_dense
 from harness.bench.run_gap import format_run_gap, run_gap, run_parts
 from harness.bench.suite import load_batches
 from harness.bench.timing import peak_memory_mb, time_steps
@@ -275,3 +276,22 @@ def test_the_blocks_bench_times_each_block_size_and_they_compute_the_same_bits()
     lines = format_block_sizes(report)
     assert "<- picked" in next(line for line in lines if line.split()[:1] == [str(chosen)])
     assert lines[-1] == "every block size gave the same bits: yes"
+
+
+def test_the_listing_bench_times_a_training_iteration_both_ways_for_each_decoding():
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        ((torch.rand(16, 784, generator=generator) > 0.8).float(),
+         torch.randint(0, 10, (16,), generator=generator))
+        for _ in range(6)
+    ]  # fmt: skip
+    rows = listing_against_dense(batches, trained=(0, 2), iterations=4, round_size=2)
+    assert [(r["decoding"], r["trained"]) for r in rows] == [
+        ("rate", 0), ("rate", 2), ("latency", 0), ("latency", 2)
+    ]  # fmt: skip
+    for r in rows:
+        assert r["dense"] > 0 and r["listed"] > 0 and 0 < r["may_fire"] < 1
+        assert math.isclose(r["ratio"], r["listed"] / r["dense"])
+    assert lif_scan.COMPACT_SHARE == 0.5  # put back
+    lines = format_listing(rows)
+    assert len(lines) == 2 + len(rows) and lines[2].split()[:2] == ["rate", "0"]

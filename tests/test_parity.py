@@ -6,6 +6,7 @@ from snntorch import functional as SF
 
 from harness.config import make_run_config
 from harness.network import encodings, readout
+from harness.network.kernels import lif_scan
 from harness.network.model import FusedNet
 from tests.helpers import assert_same, images_and_labels, twin_models
 
@@ -126,3 +127,70 @@ def test_rate_decoding_is_the_seeds_sum_of_per_step_losses():
     per_step = sum(torch.nn.functional.cross_entropy(membranes[t], labels) for t in range(25))
     torch.testing.assert_close(readout.rate_loss(membranes, labels), per_step)
     assert torch.equal(readout.rate_predict(spikes), spikes.sum(0).max(1).indices)
+
+
+# The kernel runs fc2 and dL/dW2 over the hidden neurons that may fire (a static current of
+# at least `reach`) where they are at most COMPACT_SHARE of a sample's.
+REACH_CASES = [
+    dict(num_steps=25, beta=0.95, threshold=1.0),
+    dict(num_steps=7, beta=1.0, threshold=0.25),
+    dict(num_steps=40, beta=0.5, threshold=2.0),
+    dict(num_steps=25, beta=0.8, threshold=1.0, alpha=0.9),
+    dict(num_steps=10, beta=1.0, threshold=0.5, alpha=1.0),
+]
+
+
+def _kernel_run(cur1, w2, b2, settings, activity=False):
+    return lif_scan.fused_lif_net(
+        cur1, w2, b2, settings["num_steps"], settings["beta"], settings["threshold"], "atan",
+        2.0, activity=activity, alpha=settings.get("alpha"),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("settings", REACH_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_a_neuron_below_the_reach_never_fires_and_one_just_above_does(settings, monkeypatch):
+    least = lif_scan.reach(settings["num_steps"], settings.get("alpha"), settings["beta"],
+                           settings["threshold"])  # fmt: skip
+    # one sample, 2,000 hidden neurons: currents from -least to 2 least, and a pair a hair
+    # either side of the bound without its margin
+    exact = least / (1 - lif_scan.REACH_MARGIN)
+    currents = torch.cat([
+        torch.linspace(-least, 2 * least, 1998), torch.tensor([exact * 0.9999, exact * 1.0001])
+    ]).float()  # fmt: skip
+    w2, b2 = torch.zeros(10, 2000), torch.zeros(10)
+    monkeypatch.setattr(lif_scan, "COMPACT_SHARE", 0.0)  # every sample dense: the scan as is
+    _, _, counts, _ = _kernel_run(currents[None], w2, b2, settings, activity=True)
+    fired = counts > 0
+    assert not fired[currents < least].any()
+    assert fired[currents >= exact * 1.0001].all()
+    assert not fired[-2] and fired[-1]
+
+
+@pytest.mark.parametrize("settings", REACH_CASES, ids=lambda c: "-".join(map(str, c.values())))
+def test_the_listed_neurons_give_the_dense_paths_spikes_and_gradients(settings, monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    least = lif_scan.reach(settings["num_steps"], settings.get("alpha"), settings["beta"],
+                           settings["threshold"])  # fmt: skip
+    # 16 samples of 300 neurons, 10 to 60 % of each sample's able to fire
+    share = torch.linspace(0.1, 0.6, 16)[:, None]
+    cur1 = torch.where(
+        torch.rand(16, 300, generator=generator) < share,
+        least * (1 + 4 * torch.rand(16, 300, generator=generator)),
+        -least + 1.9 * least * torch.rand(16, 300, generator=generator),
+    ).float()  # fmt: skip
+    w2 = torch.randn(10, 300, generator=generator) * 0.1
+    b2 = torch.randn(10, generator=generator) * 0.1
+    target = torch.randn(settings["num_steps"], 16, 10, generator=generator)
+    results = {}
+    for name, share_taken in (("dense", 0.0), ("listed", 1.0)):
+        monkeypatch.setattr(lif_scan, "COMPACT_SHARE", share_taken)
+        leaves = [x.clone().requires_grad_() for x in (cur1, w2, b2)]
+        spikes, membranes, _, _ = _kernel_run(*leaves, settings)
+        ((spikes + membranes) * target).sum().backward()
+        results[name] = (spikes.detach(), membranes.detach(), *(x.grad for x in leaves))
+    dense, listed = results["dense"], results["listed"]
+    assert dense[0].sum() > 0
+    assert torch.equal(dense[0], listed[0])  # the same spikes
+    # fc2's sums run over fewer terms: rounding only, up to 1e-5 of each tensor's largest value
+    for a, b in zip(dense[1:], listed[1:], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))

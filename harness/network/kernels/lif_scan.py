@@ -193,24 +193,108 @@ def _chunks(batch: int) -> int:
     return max(1, min(batch, numba.get_num_threads()))
 
 
+# --- the hidden neurons that can fire -----------------------------------------------------
+# With a static current I (direct input), a hidden neuron follows U[t] = I r_t until its
+# first spike, r_t the membrane that a unit current gives without reset (r_t = 1 + beta
+# r_(t-1) for Leaky). With beta, alpha >= 0 and thr > 0, a neuron whose I r_t stays below
+# thr for all T steps never fires, and I below 0 never does. So before the hidden scan a
+# sample's neurons split: those with I max_t r_t >= thr (1 - REACH_MARGIN) may fire, and the
+# others are silent at every step. fc2's forward and dL/dW2 need only the first kind: the
+# kernel lists them, scans them side by side in a compact (T, A) buffer and runs fc2 and
+# dL/dW2 over A neurons instead of H. Gathering their currents and W2's columns costs about
+# what the saving is at half the neurons (`harness bench --events`), so a sample with more
+# than COMPACT_SHARE of them takes the dense path. The hidden gradient W2^T G2 sg(U1 - thr)
+# stays dense: the surrogate is not zero for silent neurons.
+COMPACT_SHARE = 0.5
+REACH_MARGIN = 1e-3  # float32 rounding moves U[t] by ~T 2^-24 of itself: far inside
+
+
+def reach(steps: int, alpha: float | None, beta: float, threshold: float) -> float:
+    """The least static current that may fire a neuron within `steps` steps, less a margin:
+    thr (1 - REACH_MARGIN) / max_t r_t; +inf (all may fire: no listing) where the bound does
+    not hold (beta or alpha below 0, thr not above 0)."""
+    if beta < 0 or (alpha is not None and alpha < 0) or threshold <= 0:
+        return math.inf
+    j = u = top = 0.0  # in Python floats (float64), whatever type alpha and beta come in
+    for _ in range(steps):
+        j = 1.0 if alpha is None else float(alpha) * j + 1.0
+        u = float(beta) * u + j
+        top = max(top, u)
+    return threshold * (1.0 - REACH_MARGIN) / top
+
+
+@njit(error_model="numpy", cache=True)
+def _may_fire(cur1, b, least, index):
+    """Sample b's hidden neurons whose static current reaches `least`, in order, into index;
+    their number (branch-free: which neurons they are is unpredictable)."""
+    count = 0
+    for n in range(cur1.shape[2]):
+        index[count] = n
+        count += cur1[0, b, n] >= least
+    return count
+
+
+@njit(error_model="numpy", cache=True)
+def _gather(cur1, b, w2, index, count, cur_c, w2_c):
+    """The listed neurons' currents into cur_c (A,) and W2's columns into w2_c (K, A)."""
+    for a in range(count):
+        cur_c[a] = cur1[0, b, index[a]]
+    for k in range(w2.shape[0]):
+        row, out = w2[k], w2_c[k]
+        for a in range(count):
+            out[a] = row[index[a]]
+
+
+@njit(error_model="numpy", cache=True)
+def _scatter_add(gw2, part, index, count):
+    """gw2[:, index[a]] += part[:, a] for the listed neurons (part (K, A))."""
+    for k in range(gw2.shape[0]):
+        row, add = gw2[k], part[k]
+        for a in range(count):
+            row[index[a]] += add[a]
+
+
+@njit(error_model="numpy", cache=True)
+def _compact(flat, rows, count):
+    """A C-contiguous (rows, count) view of the front of the flat buffer `flat`."""
+    return flat[: rows * count].reshape(rows, count)
+
+
 @njit(parallel=True, error_model="numpy", cache=True)
-def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, chunks, spikes2, mem2, activity, counts,
-             tallies):  # fmt: skip
+def _forward(cur1, w2, b2, num_steps, alpha, beta, thr, least, share, chunks, spikes2, mem2,
+             activity, counts, tallies):  # fmt: skip
+    """The forward pass, a range of samples a thread. With a static current and no activity
+    to count, a sample whose neurons that may fire (current >= `least`) are at most `share`
+    of them runs its hidden layer and fc2 over those only."""
     batch, hidden = cur1.shape[1], cur1.shape[2]
     outputs = w2.shape[0]
+    listing = cur1.shape[0] == 1 and not activity and least < np.inf
     for c in prange(chunks):
         u = np.empty(hidden, F32)
         j1, j2 = _synapse_state(hidden, alpha), _synapse_state(outputs, alpha)
         u1 = np.empty((num_steps if activity else 0, hidden), F32)
-        s1 = np.empty((num_steps, hidden), F32)
+        s1_flat = np.empty(num_steps * hidden, F32)
+        s1 = s1_flat.reshape(num_steps, hidden)
         u2 = np.empty((num_steps, outputs), F32)
         s2 = np.empty((num_steps, outputs), F32)
         cur2 = np.empty((num_steps, outputs), F32)
         scratch_h = np.empty(hidden if activity else 0, F32)
         scratch_k, output_counts = np.empty(outputs, F32), np.zeros(outputs)
+        index = np.empty(hidden if listing else 0, np.int64)
+        cur_c = np.empty(hidden if listing else 0, F32)
+        w2_c = np.empty(outputs * hidden if listing else 0, F32)
         for b in range(c * batch // chunks, (c + 1) * batch // chunks):
-            _hidden_scan(cur1, b, alpha, beta, thr, j1, u, u1, s1)
-            _fc2_steps(s1, w2, b2, cur2)
+            count = _may_fire(cur1, b, least, index) if listing else hidden
+            if listing and count <= share * hidden:
+                w2_a = _compact(w2_c, outputs, count)
+                _gather(cur1, b, w2, index, count, cur_c, w2_a)
+                s1_a = _compact(s1_flat, num_steps, count)
+                cur_a = cur_c[:count].reshape(1, 1, count)
+                _hidden_scan(cur_a, 0, alpha, beta, thr, j1, u, u1, s1_a)
+                _fc2_steps(s1_a, w2_a, b2, cur2)
+            else:
+                _hidden_scan(cur1, b, alpha, beta, thr, j1, u, u1, s1)
+                _fc2_steps(s1, w2, b2, cur2)
             _output_scan(cur2, alpha, beta, thr, j2, u2, s2)
             mem2[:, b, :] = u2
             spikes2[:, b, :] = s2
@@ -395,17 +479,20 @@ def _step_weights(steps, alpha, beta):
 
 
 @njit(parallel=True, error_model="numpy", cache=True)
-def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, chunks, g2,
-              g2_flat, grad_cur1, grad_w2, grad_b2):  # fmt: skip
+def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, least, share,
+              chunks, g2, g2_flat, grad_cur1, grad_w2, grad_b2):  # fmt: skip
     """The backward pass, a range of samples a thread: the output layer's G2 for them
     (`_output_grads`), then a sample at a time the hidden layer's dL/dcur1 (`_hidden_grads`
     for a static current (1, B, H), in closed form; `_hidden_step_grads` for one a step
     (T, B, H), after recomputing the sample's membranes) and dL/dW2 from its hidden spikes
-    (`_weight_grads`). The threads' dL/dW2 and dL/db2 are added up at the end. mem2,
-    grad_s2 and grad_u2 come as (T, B * K), and g2 (T, B, K) as g2_flat too."""
+    (`_weight_grads`; over the neurons that may fire only, rescanned side by side, where
+    they are at most `share` of them, as in `_forward`). The threads' dL/dW2 and dL/db2 are
+    added up at the end. mem2, grad_s2 and grad_u2 come as (T, B * K), and g2 (T, B, K) as
+    g2_flat too."""
     batch, hidden = cur1.shape[1], cur1.shape[2]
     steps, outputs = g2.shape[0], g2.shape[2]
     per_step = cur1.shape[0] > 1
+    listing = not per_step and least < np.inf
     cs = _step_weights(steps, alpha, beta)
     gw2_parts = np.empty((chunks, outputs, hidden), F32)
     gb2_parts = np.zeros((chunks, outputs), np.float64)
@@ -419,7 +506,11 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
         u = np.empty(hidden, F32)
         gu = np.empty(hidden, F32)
         u1 = np.empty((steps if per_step else 0, hidden), F32)
-        s1 = np.empty((steps, hidden), F32)
+        s1_flat = np.empty(steps * hidden, F32)
+        s1 = s1_flat.reshape(steps, hidden)
+        index = np.empty(hidden if listing else 0, np.int64)
+        cur_c = np.empty(hidden if listing else 0, F32)
+        part = np.empty(outputs * hidden if listing else 0, F32)
         gw2 = gw2_parts[ch]
         gw2[:] = 0
         for b in range(first, last):
@@ -430,7 +521,20 @@ def _backward(cur1, w2, mem2, grad_s2, grad_u2, alpha, beta, thr, code, slope, c
                 _hidden_grads(
                     cur1, b, w2, g2, cs, alpha, beta, thr, code, slope, j, u, s1, grad_cur1[0, b],
                 )  # fmt: skip
-            _weight_grads(g2, b, s1, gw2)
+            count = _may_fire(cur1, b, least, index) if listing else hidden
+            if listing and count <= share * hidden:
+                for a in range(count):
+                    cur_c[a] = cur1[0, b, index[a]]
+                s1_a = _compact(s1_flat, steps, count)
+                _hidden_scan(
+                    cur_c[:count].reshape(1, 1, count), 0, alpha, beta, thr, j, u, u1, s1_a
+                )
+                part_a = _compact(part, outputs, count)
+                part_a[:] = 0
+                _weight_grads(g2, b, s1_a, part_a)
+                _scatter_add(gw2, part_a, index, count)
+            else:
+                _weight_grads(g2, b, s1, gw2)
     grad_w2[:] = gw2_parts[0]
     for ch in range(1, chunks):
         grad_w2 += gw2_parts[ch]
@@ -453,10 +557,11 @@ class _FusedLIFNet(torch.autograd.Function):
         tallies = torch.zeros((chunks, 3), dtype=torch.int64)
         w2, b2 = w2.detach().contiguous(), b2.detach()
         alpha = None if alpha is None else F32(alpha)  # None: Leaky
+        least = F32(reach(num_steps, alpha, beta, thr))
         _forward(
-            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, F32(beta), F32(thr),
-            chunks, spikes.numpy(), membranes.numpy(), activity, counts.numpy(),
-            tallies.numpy(),
+            cur1.numpy(), w2.numpy(), b2.numpy(), num_steps, alpha, F32(beta), F32(thr), least,
+            COMPACT_SHARE, chunks, spikes.numpy(), membranes.numpy(), activity,
+            counts.numpy(), tallies.numpy(),
         )  # fmt: skip
         ctx.save_for_backward(cur1, w2, membranes)
         ctx.settings = (num_steps, alpha, beta, thr, surrogate, slope)
@@ -481,7 +586,8 @@ class _FusedLIFNet(torch.autograd.Function):
         _backward(
             cur1.numpy(), w2.numpy(), membranes.reshape(flat).numpy(), grad_spikes,
             grad_membranes, alpha, F32(beta), F32(thr), surrogate_code(surrogate),
-            F32(slope), _chunks(batch), g2.numpy(), g2.reshape(flat).numpy(),
+            F32(slope), F32(reach(num_steps, alpha, beta, thr)), COMPACT_SHARE, _chunks(batch),
+            g2.numpy(), g2.reshape(flat).numpy(),
             grad_cur1.numpy(), grad_w2.numpy(), grad_b2.numpy(),
         )  # fmt: skip
         if ctx.static:
