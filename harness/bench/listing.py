@@ -3,9 +3,10 @@
 With a static current, the kernel runs fc2 and dL/dW2 over the neurons whose current can
 reach the threshold within the steps, where they are at most `lif_scan.COMPACT_SHARE` of a
 sample's (`lif_scan.reach`). This times tutorial 5's training iteration with the listing and
-without it (COMPACT_SHARE 0: every sample dense, as before the listing), on the same model
-and batches, interleaved in rounds, for rate and latency decoding, from the initial weights
-and after some training (which neurons may fire changes as the network learns).
+without it (COMPACT_SHARE 0: every sample takes the dense path, as before the listing; each
+neuron's test still runs, so "dense" carries its cost, one comparison a neuron), on the same
+model and batches, interleaved in rounds, for rate and latency decoding, from the initial
+weights and after some training (which neurons may fire changes as the network learns).
 """
 
 from __future__ import annotations

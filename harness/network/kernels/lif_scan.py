@@ -31,7 +31,9 @@ arithmetic), and the recurrent state lives in its own (H,) arrays (reading the p
 from the same (T, H) array keeps LLVM from proving the rows apart).
 
 The arithmetic of each LIF step is snnTorch's, in its order, so spikes and membranes match
-the reference backend; only fc2's dot products are reassociated (vectorised).
+the reference backend; only fc2's dot products are reassociated (vectorised). With a static
+current, a sample's hidden neurons whose current cannot reach the threshold within the steps
+never fire: where they are most of the sample's, fc2 and dL/dW2 leave them out (`reach`).
 
 fc1 itself runs before the kernel (for sparse input, `sparse_linear.py`). In eval mode the
 forward pass also counts each sample's activity while its values are in cache (`activity.py`,
@@ -202,7 +204,7 @@ def _chunks(batch: int) -> int:
 # others are silent at every step. fc2's forward and dL/dW2 need only the first kind: the
 # kernel lists them, scans them side by side in a compact (T, A) buffer and runs fc2 and
 # dL/dW2 over A neurons instead of H. Gathering their currents and W2's columns costs about
-# what the saving is at half the neurons (`harness bench --events`), so a sample with more
+# what the saving is at half the neurons (`harness bench --listing`), so a sample with more
 # than COMPACT_SHARE of them takes the dense path. The hidden gradient W2^T G2 sg(U1 - thr)
 # stays dense: the surrogate is not zero for silent neurons.
 COMPACT_SHARE = 0.5
