@@ -156,15 +156,22 @@ def small_n_warning(n: int) -> str | None:
     return None
 
 
+NOT_AFTER_HOLM = "not significant after Holm"
+
+
 def verdict(difference: Difference, p_adjusted: float, alpha: float = ALPHA) -> str:
-    """In words: 'higher' or 'lower' where the adjusted p is below alpha, else what the test
-    could have detected ('no difference > MDE detected'), or 'too few seeds'."""
+    """In words: 'higher' or 'lower' where the adjusted p is below alpha; 'not significant
+    after Holm' where only the raw p is (the difference may well exceed the MDE, so no MDE is
+    claimed); else what the test could have detected ('no difference > MDE detected'), or
+    'too few seeds'."""
     if math.isnan(difference.p) or math.isnan(p_adjusted):
         if difference.n_a >= 2 and difference.n_b >= 2 and difference.difference == 0:
             return "identical"
         return "too few seeds"
     if p_adjusted < alpha and difference.difference != 0:
         return "higher" if difference.difference > 0 else "lower"
+    if difference.p < alpha and difference.difference != 0:
+        return NOT_AFTER_HOLM
     return f"no difference > {difference.mde:.4g} detected"
 
 

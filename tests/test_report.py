@@ -120,7 +120,11 @@ def test_paired_test_against_the_best_by_default(tiny_study):
         assert row[5] == (f"{p:.3f}" if p >= 1e-3 else f"{p:.1e}")
         assert row[6] == (f"{holm[row[0]]:.3f}" if holm[row[0]] >= 1e-3 else f"{holm[row[0]]:.1e}")
         assert row[7] == f"{mde:.4f}"
-        verdict = "worse" if holm[row[0]] < 0.05 else f"no difference > {mde:.4g} detected"
+        verdict = (
+            "worse" if holm[row[0]] < 0.05
+            else "not significant after Holm" if p < 0.05
+            else f"no difference > {mde:.4g} detected"
+        )  # fmt: skip
         assert row[8] == verdict
     assert "2 seeds: no exact sign-flip or Wilcoxon test can reach p &lt; 0.05" in page.read_text()
     record = json.loads((page.parent / "summary.json").read_text())

@@ -77,6 +77,19 @@ def test_vs_best_adjusts_over_the_rivals_and_reads_the_adjusted_p():
     assert lower["worse"]["verdict"] == "worse"  # higher is worse when minimising
 
 
+def test_a_difference_only_the_raw_p_finds_claims_no_mde():
+    """Two rivals each below the best at raw p 0.03, 0.06 after Holm: the verdict says not
+    significant after Holm, not 'no difference > MDE detected' (b's difference exceeds its
+    MDE at the unadjusted level, where the test did find it)."""
+    a = {0: 0.922, 1: 0.947, 2: 0.929, 3: 0.955}
+    b = {0: 0.925, 1: 0.94, 2: 0.935, 3: 0.957}
+    rows = stats.vs_best({"best": BEST, "a": a, "b": b}, "best", "maximize")
+    for label in ("a", "b"):
+        assert rows[label]["p_vs_best"] < 0.05 <= rows[label]["p_holm"]
+        assert rows[label]["verdict"] == stats.NOT_AFTER_HOLM == "not significant after Holm"
+    assert stats.verdict(stats.paired(BEST, CLOSE), 0.2).startswith("no difference > ")
+
+
 def test_too_few_and_identical_values():
     assert stats.paired({0: 0.9}, {0: 0.8}).test == "paired"
     assert math.isnan(stats.paired({0: 0.9}, {0: 0.8}).p)

@@ -175,7 +175,8 @@ def _versus_notes(rows: list[dict[str, Any]], config: StudyConfig) -> list[str]:
         + "; ".join(stats.TESTS[t] for t in tests)
         + f"; p Holm-adjusted over {len(others)} comparisons, verdicts at alpha {stats.ALPHA}; "
         f"'no difference > x': x is the smallest difference the test had "
-        f"{stats.POWER:.0%} power to detect"
+        f"{stats.POWER:.0%} power to detect; '{stats.NOT_AFTER_HOLM}': only the raw p is below "
+        f"alpha"
     ]
     pairs = [v["pairs"] for v in others if v["test"] == "paired"]
     warning = stats.small_n_warning(min(pairs)) if pairs else None
