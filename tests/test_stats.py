@@ -78,15 +78,17 @@ def test_vs_best_adjusts_over_the_rivals_and_reads_the_adjusted_p():
 
 
 def test_a_difference_only_the_raw_p_finds_claims_no_mde():
-    """Two rivals each below the best at raw p 0.03, 0.06 after Holm: the verdict says not
-    significant after Holm, not 'no difference > MDE detected' (b's difference exceeds its
-    MDE at the unadjusted level, where the test did find it)."""
-    a = {0: 0.922, 1: 0.947, 2: 0.929, 3: 0.955}
-    b = {0: 0.925, 1: 0.94, 2: 0.935, 3: 0.957}
-    rows = stats.vs_best({"best": BEST, "a": a, "b": b}, "best", "maximize")
-    for label in ("a", "b"):
-        assert rows[label]["p_vs_best"] < 0.05 <= rows[label]["p_holm"]
-        assert rows[label]["verdict"] == stats.NOT_AFTER_HOLM == "not significant after Holm"
+    """Five rivals 0.7 points below the best, each at raw p 0.012 and 0.061 after Holm: the
+    verdict says not significant after Holm, not 'no difference > MDE detected', since the
+    difference (0.70 points) exceeds the MDE (0.64)."""
+    best = {0: 0.94, 1: 0.9484, 2: 0.9491, 3: 0.9414, 4: 0.9324, 5: 0.9304}
+    rival = {0: 0.938, 1: 0.9364, 2: 0.9451, 3: 0.9314, 4: 0.9294, 5: 0.9194}
+    rows = stats.vs_best({"best": best} | {f"r{k}": rival for k in range(5)}, "best", "maximize")
+    for label in (f"r{k}" for k in range(5)):
+        row = rows[label]
+        assert row["p_vs_best"] < 0.05 <= row["p_holm"]
+        assert abs(row["diff_vs_best"]) > row["mde"]
+        assert row["verdict"] == stats.NOT_AFTER_HOLM == "not significant after Holm"
     assert stats.verdict(stats.paired(BEST, CLOSE), 0.2).startswith("no difference > ")
 
 
