@@ -384,11 +384,11 @@ def _bench_report(args: argparse.Namespace, round_size: int) -> tuple[str, dict]
 
         return _on_machine("events", events_against_dense, format_events)
     if args.listing:
-        from harness.bench.listing import format_listing, listing_against_dense
+        from harness.bench.listing import BATCHES, format_listing, listing_against_dense
 
         if resolve_device(args.device).type != "cpu":
             raise ConfigError("--listing times the CPU's LIF kernel: give --device cpu")
-        batches = suite.load_batches(args.data_dir, resolve_device("cpu"), 260)
+        batches = suite.load_batches(args.data_dir, resolve_device("cpu"), BATCHES)
         return _on_machine("listing", lambda: listing_against_dense(batches), format_listing)
     if args.blocks:
         from harness.bench.blocks import block_sizes, format_block_sizes

@@ -194,3 +194,17 @@ def test_the_listed_neurons_give_the_dense_paths_spikes_and_gradients(settings, 
     # fc2's sums run over fewer terms: rounding only, up to 1e-5 of each tensor's largest value
     for a, b in zip(dense[1:], listed[1:], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+@pytest.mark.parametrize("share, listed", [(0.0, False), (1.0, True)])
+def test_the_listed_forward_never_reads_the_silent_neurons_weights(share, listed, monkeypatch):
+    """The probe that the listed path is taken at all: W2's columns at the neurons that cannot
+    fire are NaN, which the dense product (0 x NaN) carries into every output membrane."""
+    settings = REACH_CASES[0]
+    least = lif_scan.reach(settings["num_steps"], None, settings["beta"], settings["threshold"])
+    cur1 = torch.cat([torch.full((4, 100), 2 * least), torch.full((4, 200), -least)], 1)
+    w2 = torch.ones(10, 300)
+    w2[:, 100:] = float("nan")
+    monkeypatch.setattr(lif_scan, "COMPACT_SHARE", share)
+    _, membranes, _, _ = _kernel_run(cur1[None], w2, torch.zeros(10), settings)
+    assert bool(membranes.isfinite().all()) == listed

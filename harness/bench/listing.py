@@ -11,17 +11,17 @@ weights and after some training (which neurons may fire changes as the network l
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
-from harness.bench.timing import ROUND, training_step
+from harness.bench.timing import ROUND, Step, time_steps, training_step
 from harness.config import make_run_config
 from harness.network.kernels import lif_scan
 from harness.network.model import build_model
 
 DECODINGS = ("rate", "latency")
+TRAINED = (0, 200)  # iterations trained before timing: the initial weights, then some learning
+ITERATIONS = 60  # timed iterations of each path
+BATCHES = max(TRAINED) + ITERATIONS  # the batches listing_against_dense needs by default
 
 
 def may_fire_share(model: torch.nn.Module, images: torch.Tensor, config) -> float:
@@ -31,16 +31,28 @@ def may_fire_share(model: torch.nn.Module, images: torch.Tensor, config) -> floa
         return float((model.fc1(images.flatten(1)) >= least).float().mean())
 
 
+def _with_share(step: Step, share: float) -> Step:
+    """`step` run with the kernel's COMPACT_SHARE set to `share`."""
+
+    def run(images: torch.Tensor, labels: torch.Tensor) -> None:
+        lif_scan.COMPACT_SHARE = share
+        step(images, labels)
+
+    return run
+
+
 def listing_against_dense(
     batches: list[tuple[torch.Tensor, torch.Tensor]],
-    trained: tuple[int, ...] = (0, 200),
-    iterations: int = 60,
+    trained: tuple[int, ...] = TRAINED,
+    iterations: int = ITERATIONS,
     round_size: int = ROUND,
 ) -> list[dict]:
     """For each decoding and number of iterations trained first: the median ms of a training
-    iteration with the listing and without, alternating every `round_size` iterations over
-    the next `iterations` batches (`batches` must hold max(trained) + iterations)."""
+    iteration with the listing and without, one model trained by both in rounds of
+    `round_size` on the next `iterations` batches (`batches` must hold max(trained) +
+    iterations)."""
     shares = {"listed": lif_scan.COMPACT_SHARE, "dense": 0.0}
+    cpu = torch.device("cpu")
     rows = []
     try:
         for decoding in DECODINGS:
@@ -48,22 +60,13 @@ def listing_against_dense(
                 config = make_run_config({"device": "cpu", "decoding": decoding})
                 torch.manual_seed(config.seed)
                 model = build_model(config)
-                step = training_step(model, config, torch.device("cpu"))
+                step = training_step(model, config, cpu)
                 for images, labels in batches[:done]:
                     step(images, labels)
                 share = may_fire_share(model, batches[done][0], config)
-                times: dict[str, list[float]] = {name: [] for name in shares}
-                timed = batches[done : done + iterations]
-                for start in range(0, iterations, round_size):
-                    order = list(shares) if start // round_size % 2 else list(shares)[::-1]
-                    for name in order:
-                        lif_scan.COMPACT_SHARE = shares[name]
-                        for images, labels in timed[start : start + round_size]:
-                            began = time.perf_counter()
-                            step(images, labels)
-                            times[name].append(time.perf_counter() - began)
+                steps = {name: _with_share(step, value) for name, value in shares.items()}
                 row = {"decoding": decoding, "trained": done, "may_fire": share}
-                row.update({name: statistics.median(t) * 1000 for name, t in times.items()})
+                row.update(time_steps(steps, batches[done : done + iterations], cpu, 0, round_size))
                 row["ratio"] = row["listed"] / row["dense"]
                 rows.append(row)
     finally:
